@@ -1,0 +1,171 @@
+"""Orbax checkpoints of a work dir: train state, data iterator, config and vocabulary.
+
+A work dir belongs to one model and one vocabulary. Each checkpoint step holds:
+
+  state    the train state (params, batch stats, optimiser and plateau state, step)
+  data     the training data iterator's state (so a resume sees the same batches)
+  meta     {"config": ..., "vocab": ..., "epoch": ...} as JSON
+
+The latest ``keep`` checkpoints are kept, and the best by validation ExpRate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+from hme_jax.vocab import Vocabulary
+
+BEST_METRIC = "exprate"
+CHECKPOINT_DIR = "checkpoints"
+# Config fields that define the parameters' meaning: a checkpoint is only
+# compatible with a run that agrees on all of them.
+ARCHITECTURE_FIELDS = ("model", "input.height")
+
+
+class CheckpointMismatchError(RuntimeError):
+  """The work dir holds a checkpoint of another model or vocabulary."""
+
+
+class NoCheckpointError(FileNotFoundError):
+  """The work dir has no checkpoint."""
+
+
+def _field(config_dict: dict, dotted: str):
+  value = config_dict
+  for key in dotted.split("."):
+    value = value.get(key) if isinstance(value, dict) else None
+  return value
+
+
+def _normalise(value):
+  """JSON round trip, so tuples and lists compare equal."""
+  return json.loads(json.dumps(value, default=str))
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def config_from_json(data: dict) -> ml_collections.ConfigDict:
+  def tuples(value):
+    if isinstance(value, dict):
+      return {key: tuples(item) for key, item in value.items()}
+    if isinstance(value, list):
+      return tuple(tuples(item) for item in value)
+    return value
+  return ml_collections.ConfigDict(tuples(data))
+
+
+class Checkpoints:
+  """The checkpoints of one work dir (a thin layer over ``ocp.CheckpointManager``)."""
+
+  def __init__(self, workdir: str, keep: int = 3, save_interval_steps: int = 1,
+               read_only: bool = False):
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    if read_only and not os.path.isdir(self.directory):
+      raise NoCheckpointError(
+          f"No checkpoint in work dir {workdir!r} (no {CHECKPOINT_DIR}/ folder). Train one "
+          f"first: python train.py --config configs/quickstart.py --workdir {workdir}")
+    policy = preservation_policy.AnyPreservationPolicy([
+        preservation_policy.LatestN(n=keep),
+        preservation_policy.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC],
+                                  reverse=False, n=1, keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        best_fn=lambda metrics: metrics[BEST_METRIC], best_mode="max",
+        save_interval_steps=save_interval_steps, read_only=read_only,
+        create=not read_only, enable_async_checkpointing=False)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data", "meta"))
+
+  # --- queries ----------------------------------------------------------------
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def resolve(self, which: str | int = "latest") -> int:
+    """``"best"``, ``"latest"`` or a step number -> a saved step."""
+    steps = self.manager.all_steps()
+    if not steps:
+      raise NoCheckpointError(
+          f"No checkpoint in {self.directory}. Train one first with train.py --workdir.")
+    if which == "latest":
+      return self.manager.latest_step()
+    if which == "best":
+      return self.manager.best_step() or self.manager.latest_step()
+    step = int(which)
+    if step not in steps:
+      raise NoCheckpointError(f"No checkpoint at step {step} in {self.directory}; saved "
+                              f"steps: {sorted(steps)}.")
+    return step
+
+  def read_meta(self, step: int) -> dict[str, Any]:
+    restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return restored["meta"]
+
+  def config_and_vocab(self, which: str | int = "latest"):
+    meta = self.read_meta(self.resolve(which))
+    return config_from_json(meta["config"]), Vocabulary.from_json(meta["vocab"])
+
+  def check_compatible(self, config: ml_collections.ConfigDict, vocab: Vocabulary) -> None:
+    """Refuses a work dir whose checkpoints belong to another model or vocabulary."""
+    step = self.latest_step()
+    if step is None:
+      return
+    meta = self.read_meta(step)
+    saved, wanted = meta["config"], config_to_json(config)
+    differences = [
+        f"{name}: checkpoint has {_field(saved, name)!r}, this run has {_field(wanted, name)!r}"
+        for name in ARCHITECTURE_FIELDS
+        if _normalise(_field(saved, name)) != _normalise(_field(wanted, name))]
+    saved_vocab = Vocabulary.from_json(meta["vocab"])
+    if saved_vocab != vocab:
+      differences.append(f"vocabulary: checkpoint has {len(saved_vocab)} entries "
+                         f"({saved_vocab.fingerprint()}), this run has {len(vocab)} "
+                         f"({vocab.fingerprint()})")
+    if differences:
+      raise CheckpointMismatchError(
+          f"The work dir {os.path.dirname(self.directory)} holds checkpoints (latest step "
+          f"{step}) of a different model or vocabulary, so they are neither loaded nor "
+          "overwritten:\n  " + "\n  ".join(differences) +
+          "\nUse a new --workdir, or run with the config saved in that work dir.")
+
+  # --- save / restore -----------------------------------------------------------
+
+  def save(self, step: int, state, data_state: dict, meta: dict,
+           metrics: dict | None = None, force: bool = False) -> bool:
+    saved = self.manager.save(
+        step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta)),
+        metrics=metrics, force=force)
+    self.manager.wait_until_finished()
+    return saved
+
+  def restore(self, step: int, abstract_state, with_data: bool = True):
+    """Restores ``(state, data_state, meta)``; ``abstract_state`` gives shapes and shardings."""
+    items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+    if with_data:
+      items["data"] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"], restored.get("data") if with_data else None, restored["meta"]
+
+  def restore_variables(self, step: int, abstract_variables: dict) -> dict:
+    """Restores only the model variables (params, batch stats) of a saved train state."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item={"variables": abstract_variables},
+            restore_args=ocp.checkpoint_utils.construct_restore_args(
+                {"variables": abstract_variables}),
+            partial_restore=True)))
+    return restored["state"]["variables"]
+
+  def close(self) -> None:
+    self.manager.close()

@@ -1,0 +1,206 @@
+"""Reads LaTeX off images people actually have.
+
+  python -m hme_jax.predict --workdir DIR IMAGE... [--json] [--render out.png]
+
+PNG/JPEG/BMP (anything Pillow decodes), any size, colour or greyscale, dark
+ink on light paper or the reverse: the polarity is detected, the image cropped
+to its ink and resized exactly as in training (``hme_jax.preprocessing``).
+A file that cannot be read is reported and the rest of the batch still runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from hme_jax import evaluate as evaluate_lib
+from hme_jax import input_pipeline, preprocessing
+
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageError(ValueError):
+  """The input is not a usable image."""
+
+
+def load_image(data, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+  """Bytes, a path, a PIL image or an array -> greyscale ``uint8 [H, W]`` (polarity as given).
+
+  The content is checked by decoding it, never by the file name. Transparent
+  pixels count as paper (white), as a drawing on a transparent canvas means.
+
+  Raises:
+    ImageError: empty input, a non-image, or more than ``max_pixels`` pixels.
+  """
+  if isinstance(data, np.ndarray):
+    image = Image.fromarray(data)
+  elif isinstance(data, Image.Image):
+    image = data
+  else:
+    if isinstance(data, (str, os.PathLike)):
+      with open(data, "rb") as f:
+        data = f.read()
+    if not data:
+      raise ImageError("The image is empty (0 bytes).")
+    try:
+      image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+      raise ImageError("Not an image: Pillow cannot identify the data as PNG, JPEG, BMP, "
+                       "or another image format.") from None
+  width, height = image.size
+  if width * height > max_pixels:
+    raise ImageError(f"The image has {width}x{height} = {width * height:,} pixels, more than "
+                     f"the limit of {max_pixels:,}.")
+  if width == 0 or height == 0:
+    raise ImageError(f"The image has no pixels ({width}x{height}).")
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+      return np.asarray(image.convert("L"))
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as error:
+    raise ImageError(f"The image cannot be decoded: {error}") from None
+
+
+def prepare_image(gray: np.ndarray, input_config) -> np.ndarray:
+  """Greyscale ``uint8 [H, W]`` of either polarity -> the model's ``uint8 [height, w]``."""
+  image = preprocessing.to_white_on_black(gray)
+  image = preprocessing.crop_to_ink(image)
+  return preprocessing.fit_to_height(image, input_config.height, input_config.max_width)
+
+
+@dataclasses.dataclass
+class Recognition:
+  latex: str                              # space-separated CROHME tokens
+  alternatives: list[tuple[str, float]]   # (latex, log-probability), best first
+  tokens: list[str]
+
+
+class Recognizer:
+  """A trained model ready to read images; load once, call ``recognize`` many times.
+
+  Not thread-safe: serialise calls (the web app queues them).
+  """
+
+  def __init__(self, model: evaluate_lib.LoadedModel, decoder: str = "beam",
+               beam_width: int = 10):
+    self.model = model
+    self.decoder = decoder
+    self.beam_width = beam_width
+    self.input_config = model.config.input
+
+  @classmethod
+  def from_workdir(cls, workdir: str, *, checkpoint: str = "best", decoder: str = "beam",
+                   beam_width: int = 10) -> "Recognizer":
+    return cls(evaluate_lib.LoadedModel(workdir, checkpoint), decoder, beam_width)
+
+  def recognize(self, images: list[np.ndarray]) -> list[Recognition]:
+    """Greyscale ``uint8 [H, W]`` images (any polarity) -> one Recognition each."""
+    if not images:
+      return []
+    examples = [{"image": prepare_image(image, self.input_config), "labels": np.zeros(0, np.int32),
+                 "id": str(index), "ctc_feasible": True} for index, image in enumerate(images)]
+    # Few distinct batch sizes keep the number of compilations small.
+    batch_size = 1 << (len(examples) - 1).bit_length()
+    batch_size = max(batch_size, len(self.model.mesh.devices.flat))
+    batch = input_pipeline.PadBatch(batch_size, tuple(self.input_config.bucket_widths))(examples)
+    predictions, _ = self.model.decode([batch], decoder=self.decoder, beam_width=self.beam_width,
+                                       num_alternatives=self.beam_width)
+    results = []
+    for prediction in predictions:
+      alternatives = [(" ".join(tokens), score) for tokens, score in prediction.alternatives or []
+                      if np.isfinite(score)]
+      results.append(Recognition(latex=" ".join(prediction.prediction),
+                                 alternatives=alternatives or [(" ".join(prediction.prediction), 0.0)],
+                                 tokens=prediction.prediction))
+    return results
+
+
+def render(path: str, images: list[np.ndarray], latex_strings: list[str]) -> None:
+  """Draws each input beside its predicted LaTeX (rendered with mathtext) into one PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from hme_jax import latex
+
+  rows = len(images)
+  figure, axes = plt.subplots(rows, 2, figsize=(10, 1.6 * rows), squeeze=False)
+  for (image_axis, text_axis), image, prediction in zip(axes, images, latex_strings):
+    image_axis.imshow(image, cmap="gray")
+    image_axis.axis("off")
+    text_axis.axis("off")
+    mathtext = latex.to_mathtext(prediction.split())
+    try:
+      text_axis.text(0.0, 0.5, f"${mathtext}$", fontsize=18, va="center")
+      figure.canvas.draw()
+    except ValueError:  # mathtext cannot parse it: show the raw tokens
+      text_axis.texts[-1].remove()
+      text_axis.text(0.0, 0.5, prediction, fontsize=11, va="center", family="monospace")
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+# --- command line ----------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+  import argparse
+  parser = argparse.ArgumentParser(prog="python -m hme_jax.predict", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="Work dir of a trained model.")
+  parser.add_argument("--checkpoint", default="best", help="best | latest | a step number.")
+  parser.add_argument("--decoder", default="beam", choices=("greedy", "beam"))
+  parser.add_argument("--beam_width", type=int, default=10)
+  parser.add_argument("--json", action="store_true", help="Print JSON instead of LaTeX lines.")
+  parser.add_argument("--render", default="", help="Write a PNG of inputs beside predictions.")
+  parser.add_argument("images", nargs="+", help="Image files.")
+  args = parser.parse_args(argv)
+
+  try:
+    recognizer = Recognizer.from_workdir(args.workdir, checkpoint=args.checkpoint,
+                                         decoder=args.decoder, beam_width=args.beam_width)
+  except FileNotFoundError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+  loaded, errors = {}, {}
+  for path in args.images:
+    try:
+      loaded[path] = load_image(path)
+    except (ImageError, OSError) as error:
+      errors[path] = str(error)
+      print(f"{path}: error: {error}", file=sys.stderr)
+  recognitions = dict(zip(loaded, recognizer.recognize(list(loaded.values()))))
+
+  if args.json:
+    records = [{"file": path, "latex": recognitions[path].latex,
+                "alternatives": [{"latex": l, "score": s} for l, s in recognitions[path].alternatives]}
+               if path in recognitions else {"file": path, "error": errors[path]}
+               for path in args.images]
+    print(json.dumps(records, indent=1))
+  else:
+    for path, recognition in recognitions.items():
+      print(recognition.latex if len(args.images) == 1 else f"{path}\t{recognition.latex}")
+  if args.render and recognitions:
+    render(args.render, list(loaded.values()), [r.latex for r in recognitions.values()])
+    print(f"Rendered to {args.render}", file=sys.stderr)
+  return 1 if errors else 0
+
+
+def run():
+  sys.exit(main())
+
+
+if __name__ == "__main__":
+  run()

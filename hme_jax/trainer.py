@@ -1,0 +1,299 @@
+"""Training loop: ``train_and_evaluate(config, workdir)``.
+
+Each epoch trains on ``config.dataset.train_split`` and validates on
+``config.dataset.eval_split`` (greedy decoding): loss, ExpRate and token error
+rate. The step is ``jax.jit``-compiled over a data-parallel mesh of every device.
+Re-running with the same work dir resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from jax.sharding import NamedSharding, PartitionSpec
+
+from hme_jax import checkpoints as checkpoints_lib
+from hme_jax import evaluation, families, input_pipeline, models
+
+
+class TrainingDivergedError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  extra_variables: dict       # e.g. BatchNorm statistics
+  opt_state: Any
+  plateau: Any                # optax.contrib.reduce_on_plateau state (its .scale multiplies updates)
+
+  @property
+  def variables(self) -> dict:
+    return {"params": self.params, **self.extra_variables}
+
+
+# --- optimisation ------------------------------------------------------------
+
+
+def make_optimizer(train_config: ml_collections.ConfigDict, steps_per_epoch: int,
+                   trainable: Any = None) -> optax.GradientTransformation:
+  """Clipping + the configured optimiser and schedule; frozen parameters get no update."""
+  cfg = train_config
+  total_steps = max(cfg.num_epochs * steps_per_epoch, 1)
+  if cfg.schedule == "constant":
+    learning_rate = cfg.learning_rate
+  elif cfg.schedule == "warmup_cosine":
+    learning_rate = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, int(cfg.warmup_epochs * steps_per_epoch), total_steps)
+  else:
+    raise ValueError(f"Unknown config.train.schedule {cfg.schedule!r}.")
+  if cfg.optimizer == "adam":
+    optimizer = optax.adam(learning_rate)
+  elif cfg.optimizer == "adamw":
+    optimizer = optax.adamw(learning_rate, weight_decay=cfg.weight_decay)
+  elif cfg.optimizer == "adadelta":
+    optimizer = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                            optax.adadelta(learning_rate))
+  else:
+    raise ValueError(f"Unknown config.train.optimizer {cfg.optimizer!r}.")
+  optimizer = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), optimizer)
+  if trainable is not None and not all(jax.tree.leaves(trainable)):
+    labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
+    optimizer = optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+  return optimizer
+
+
+def make_plateau(train_config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
+  """Learning-rate reduction on the validation loss, stepped once per epoch."""
+  return optax.contrib.reduce_on_plateau(factor=train_config.plateau_factor,
+                                         patience=train_config.plateau_patience)
+
+
+def train_step(family, optimizer, state: TrainState, batch: dict, base_rng: jax.Array):
+  """One optimisation step. Returns ``(state, metric sums)``."""
+  rng = jax.random.fold_in(base_rng, state.step)
+  grad_fn = jax.value_and_grad(family.loss, has_aux=True)
+  (_, (metric_sums, extra_variables)), grads = grad_fn(
+      state.params, state.extra_variables, batch, rng, True)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  updates = jax.tree.map(lambda update: update * state.plateau.scale, updates)
+  params = optax.apply_updates(state.params, updates)
+  metric_sums = {**metric_sums, "grad_norm": optax.tree.norm(grads), "steps": 1.0}
+  return state.replace(step=state.step + 1, params=params, extra_variables=extra_variables,
+                       opt_state=opt_state), metric_sums
+
+
+def create_train_state(family, config: ml_collections.ConfigDict, steps_per_epoch: int,
+                       batch: dict, rng: jax.Array):
+  """Initial variables (ImageNet weights if configured), optimiser and plateau state.
+
+  Returns ``(state, optimizer, plateau)``.
+  """
+  variables = family.init(rng, {k: v for k, v in batch.items() if k != "ids"})
+  if config.model.get("pretrained_path"):
+    from hme_jax.models import torch_import  # needs torch, only for this
+    variables = torch_import.load_torchvision_weights(variables, config.model)
+  params = variables.pop("params")
+  trainable = models.trainable_mask(params, config.model) if config.model.name == "crnn" else None
+  optimizer = make_optimizer(config.train, steps_per_epoch, trainable)
+  plateau = make_plateau(config.train)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, extra_variables=variables,
+                     opt_state=optimizer.init(params), plateau=plateau.init(params))
+  return state, optimizer, plateau
+
+
+# --- bookkeeping ---------------------------------------------------------------
+
+
+class Summaries:
+  """TensorBoard scalars (tensorboardX, no TensorFlow) on the first process."""
+
+  def __init__(self, workdir: str):
+    self.writer = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if self.writer:
+      for name, value in values.items():
+        self.writer.add_scalar(name, value, step)
+      self.writer.flush()
+
+  def close(self) -> None:
+    if self.writer:
+      self.writer.close()
+
+
+def _say(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def _check_finite(value: float, step: int, workdir: str) -> None:
+  if not math.isfinite(value):
+    raise TrainingDivergedError(
+        f"The training loss became {value} at step {step}. Training stopped; the last good "
+        f"checkpoint in {workdir}/checkpoints is kept as it was. Lower "
+        "config.train.learning_rate or config.train.grad_clip_norm, or use "
+        "config.train.compute_dtype=float32, then re-run (it resumes from that checkpoint).")
+
+
+def validate(family, variables: dict, config, eval_source, vocab, mesh) -> dict[str, float]:
+  """Loss, ExpRate and token error rate of the eval split (greedy decoding)."""
+  batch_size = evaluation.eval_batch_size(config.eval.batch_size)
+  dataset = input_pipeline.eval_dataset(config, eval_source, vocab, batch_size=batch_size)
+  predictions, loss_sums = evaluation.decode_batches(family, variables, dataset, mesh)
+  summary = evaluation.summarize(predictions)["all"]["raw"]
+  return {
+      "loss": loss_sums.get("loss_sum", 0.0) / max(loss_sums.get("samples", 0.0), 1.0),
+      "exprate": summary["exprate"],
+      "token_error_rate": summary["token_error_rate"],
+      "infeasible": loss_sums.get("infeasible", 0.0),
+  }
+
+
+# --- the loop ------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the history."""
+  if config.distributed:
+    jax.distributed.initialize()
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+
+  builder = input_pipeline.dataset_builder(config.dataset)
+  vocab = input_pipeline.load_vocabulary(builder)
+  checkpoints = checkpoints_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints)
+  checkpoints.check_compatible(config, vocab)  # before anything is written
+  if jax.process_index() == 0:
+    vocab.save(workdir)
+
+  train_source = input_pipeline.data_source(builder, config.dataset.train_split)
+  eval_source = input_pipeline.data_source(builder, config.dataset.eval_split)
+  steps_per_epoch = input_pipeline.steps_per_epoch(config, len(train_source))
+  total_steps = steps_per_epoch * config.train.num_epochs
+  if config.train.max_steps:
+    total_steps = min(total_steps, config.train.max_steps)
+
+  dtype = evaluation.to_jnp_dtype(config.train.compute_dtype)
+  family = families.create_family(config, vocab, dtype)
+  mesh = evaluation.make_mesh()
+  replicated = NamedSharding(mesh, PartitionSpec())
+  _say(f"Training {config.model.name} ({config.model.get('backbone', '')}) on "
+       f"{jax.device_count()} {jax.default_backend()} device(s), compute {jnp.dtype(dtype).name}; "
+       f"{len(train_source)} training images, {steps_per_epoch} steps/epoch, "
+       f"{config.train.num_epochs} epochs; work dir {workdir}")
+
+  train_data = input_pipeline.train_dataset(config, train_source, vocab)
+  train_iterator = input_pipeline.to_iterator(train_data, config.input.worker_count,
+                                              config.input.prefetch)
+  first_batch = train_data[0]
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+
+  state, optimizer, plateau = create_train_state(family, config, steps_per_epoch, first_batch,
+                                                 init_rng)
+  state = jax.device_put(state, replicated)
+
+  history: list[dict] = []
+  start_step = 0
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            state)
+    state, data_state, meta = checkpoints.restore(latest, abstract)
+    train_iterator.set_state(data_state)
+    history = meta.get("history", [])
+    start_step = int(state.step)
+    _say(f"Resumed from the checkpoint at step {start_step} (epoch "
+         f"{start_step // steps_per_epoch}).")
+
+  step_fn = jax.jit(functools.partial(train_step, family, optimizer), donate_argnums=0,
+                    out_shardings=(replicated, replicated))
+  summaries = Summaries(workdir)
+  meta_base = {"config": checkpoints_lib.config_to_json(config), "vocab": vocab.to_json()}
+
+  def save(step: int, metrics: dict | None):
+    checkpoints.save(step, state, train_iterator.get_state(),
+                     {**meta_base, "history": history, "epoch": step // steps_per_epoch},
+                     metrics=metrics, force=True)
+
+  progress = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                       disable=not config.train.progress_bar or jax.process_index() > 0)
+  epoch_sums: dict[str, jax.Array] = {}
+  epoch_start = time.time()
+  epoch_images = 0
+  step = start_step
+  try:
+    while step < total_steps:
+      batch = next(train_iterator)
+      state, metric_sums = step_fn(state, evaluation.shard_batch(batch, mesh), step_rng)
+      epoch_sums = jax.tree.map(jnp.add, epoch_sums, metric_sums) if epoch_sums else metric_sums
+      epoch_images += config.train.batch_size
+      step += 1
+      progress.update(1)
+      end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+      if step % config.train.log_every_steps == 0 or end_of_epoch:
+        sums = jax.device_get(epoch_sums)  # the only host sync of the loop
+        train_loss = float(sums["loss_sum"]) / max(float(sums["samples"]), 1.0)
+        _check_finite(train_loss, step, workdir)
+        images_per_second = epoch_images / max(time.time() - epoch_start, 1e-9)
+        progress.set_postfix(loss=f"{train_loss:.3f}", img_s=f"{images_per_second:.0f}",
+                             epoch=step // steps_per_epoch + (not end_of_epoch))
+        summaries.scalars(step, {"train/loss": train_loss, "train/img_per_s": images_per_second,
+                                 "train/grad_norm": float(sums["grad_norm"] / sums["steps"])})
+      if end_of_epoch:
+        epoch_time = time.time() - epoch_start
+        val = validate(family, state.variables, config, eval_source, vocab, mesh)
+        _, plateau_state = plateau.update(updates={}, state=jax.device_get(state.plateau),
+                                          value=val["loss"])
+        state = state.replace(plateau=jax.device_put(plateau_state, replicated))
+        record = {
+            "epoch": math.ceil(step / steps_per_epoch), "step": step,
+            "train_loss": train_loss, "train_infeasible": float(sums["infeasible"]),
+            "val_loss": val["loss"], "val_exprate": val["exprate"],
+            "val_token_error_rate": val["token_error_rate"],
+            "val_infeasible": val["infeasible"],
+            "lr_scale": float(plateau_state.scale), "epoch_seconds": epoch_time,
+            "train_img_per_s": epoch_images / max(epoch_time, 1e-9),
+        }
+        history.append(record)
+        summaries.scalars(step, {f"val/{k[4:]}": v for k, v in record.items()
+                                 if k.startswith("val_")} | {"train/lr_scale": record["lr_scale"]})
+        progress.write(
+            f"epoch {record['epoch']}: train loss {train_loss:.4f} | val loss {val['loss']:.4f} "
+            f"ExpRate {val['exprate']:.2%} TER {val['token_error_rate']:.4f} | "
+            f"{record['train_img_per_s']:.0f} img/s | lr x{record['lr_scale']:.3g}"
+            + (f" | {int(record['train_infeasible'])} infeasible samples masked"
+               if record["train_infeasible"] else ""))
+        save(step, {checkpoints_lib.BEST_METRIC: val["exprate"]})
+        epoch_sums, epoch_images, epoch_start = {}, 0, time.time()
+      elif config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
+        _check_finite(float(jax.device_get(epoch_sums["loss_sum"])), step, workdir)
+        save(step, None)
+  finally:
+    progress.close()
+    summaries.close()
+    checkpoints.close()
+
+  result = {"history": history, "steps": step,
+            "best_val_exprate": max((r["val_exprate"] for r in history), default=None)}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+      json.dump(result, f, indent=1)
+  return result

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny synthetic dataset and a briefly trained work dir."""
+
+import os
+import pathlib
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+CROHME_ZIP = REPO_ROOT.parent / "shared" / "crohme" / "data.zip"
+
+requires_crohme = pytest.mark.skipif(not CROHME_ZIP.exists(),
+                                     reason=f"CROHME archive not found at {CROHME_ZIP}")
+
+
+def tiny_config(data_dir: str):
+  """The quickstart config shrunk to seconds: the tiny synthetic dataset, a tiny CRNN."""
+  from configs import quickstart
+  config = quickstart.get_config()
+  config.dataset.name = "crohme_synthetic/tiny"
+  config.dataset.data_dir = str(data_dir)
+  config.model.small_channels = (8, 16, 32)
+  config.model.lstm_hidden = 32
+  config.train.batch_size = 16
+  config.train.num_epochs = 2
+  config.train.log_every_steps = 2
+  config.train.progress_bar = False
+  config.eval.batch_size = 16
+  config.input.worker_count = 0
+  return config
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory):
+  """A TFDS data dir holding the prepared ``crohme_synthetic/tiny`` dataset."""
+  from hme_jax import input_pipeline
+  data_dir = tmp_path_factory.mktemp("tfds")
+  input_pipeline.dataset_builder(tiny_config(data_dir).dataset)
+  return data_dir
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, synthetic_data_dir):
+  """A work dir with checkpoints of a tiny CRNN trained for two short epochs."""
+  from hme_jax import trainer
+  workdir = tmp_path_factory.mktemp("workdir")
+  trainer.train_and_evaluate(tiny_config(synthetic_data_dir), str(workdir))
+  return str(workdir)

@@ -1,0 +1,235 @@
+"""Tests of the attention encoder-decoder (hme_jax/models/attention.py, densenet.py)."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from hme_jax.models import attention, densenet
+
+NUM_CLASSES = 9
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  config = dict(name="attention", d_model=32, growth_rate=4, dense_layers=1, dense_blocks=3,
+                compression=0.5, encoder_dropout=0.0, num_heads=4, decoder_layers=2, ffn_dim=32,
+                decoder_dropout=0.0, cross_coverage=True, self_coverage=True,
+                coverage_channels=4, coverage_kernel=5)
+  config.update(overrides)
+  return ml_collections.ConfigDict(config)
+
+
+def jitted(model, method=None, **kwargs):
+  """``model.apply`` compiled as a whole (op-by-op it is several times slower)."""
+  return jax.jit(functools.partial(model.apply, method=method, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def model():
+  return attention.create_attention_model(tiny_config(), NUM_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def variables(model):
+  images = jnp.zeros((2, 32, 64, 1))
+  tokens = jnp.ones((2, 2, 5), jnp.int32)
+  init = jax.jit(lambda rng: model.init(rng, images, jnp.array([64, 40]), tokens))
+  variables = init(jax.random.PRNGKey(0))
+  # Non-trivial BatchNorm statistics, so that inference mode is not the identity.
+  rng = np.random.default_rng(0)
+  return {"params": variables["params"],
+          "batch_stats": jax.tree.map(
+              lambda x: jnp.asarray(rng.uniform(0.5, 1.5, x.shape), x.dtype),
+              variables["batch_stats"])}
+
+
+def _random_images(rng, batch, height, width):
+  return rng.uniform(0.0, 1.0, (batch, height, width, 1)).astype(np.float32)
+
+
+def test_published_densenet_width():
+  # DWAP/BTTR/CoMER: growth 24, 16 layers, 3 blocks, compression 0.5 -> 684 channels.
+  assert densenet.output_channels(24, 16, 3, 0.5) == 684
+  assert densenet.downsample_factor(3) == 16
+
+
+def test_encoder_shapes_and_mask(model, variables):
+  images = _random_images(np.random.default_rng(1), 2, 40, 100)
+  widths = jnp.array([100, 37])
+  memory, mask = jitted(model, "encode")(variables, images, widths)
+  assert memory.shape == (2, math.ceil(40 / 16), math.ceil(100 / 16), 32)
+  expected_columns = [math.ceil(100 / 16), math.ceil(37 / 16)]   # 7, 3
+  for row, columns in enumerate(expected_columns):
+    np.testing.assert_array_equal(mask[row], np.broadcast_to(np.arange(7) < columns, (3, 7)))
+
+  features, _ = jax.jit(densenet.DenseNet(growth_rate=4, num_layers=1).apply)(
+      {"params": variables["params"]["encoder"]["densenet"],
+       "batch_stats": variables["batch_stats"]["encoder"]["densenet"]},
+      jnp.asarray(images), attention.pixel_mask(images.shape, widths))
+  assert features.shape[-1] == densenet.output_channels(4, 1, 3, 0.5)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_encoder_ignores_padding(model, variables, train):
+  """Content positions see the same features whatever the padding width and content."""
+  rng = np.random.default_rng(2)
+  content = _random_images(rng, 2, 32, 70)
+  widths = jnp.array([70, 45])
+  content[1, :, 45:] = 0.0
+  narrow = np.zeros((2, 32, 80, 1), np.float32)
+  narrow[:, :, :70] = content
+  wide = rng.uniform(0.0, 1.0, (2, 32, 160, 1)).astype(np.float32)   # garbage padding
+  wide[:, :, :70] = content
+  wide[1, :, 45:70] = rng.uniform(0.0, 1.0, (32, 25, 1))
+
+  def encode(images):
+    if train:
+      (memory, mask), updates = jitted(model, "encode", train=True, mutable=["batch_stats"])(
+          variables, images, widths)
+      return memory, mask, updates["batch_stats"]
+    memory, mask = jitted(model, "encode")(variables, images, widths)
+    return memory, mask, None
+
+  memory_narrow, mask_narrow, stats_narrow = encode(narrow)
+  memory_wide, mask_wide, stats_wide = encode(wide)
+  columns = mask_narrow.shape[2]
+  np.testing.assert_array_equal(mask_narrow, mask_wide[:, :, :columns])
+  content_mask = np.asarray(mask_narrow)
+  np.testing.assert_allclose(np.asarray(memory_narrow)[content_mask],
+                             np.asarray(memory_wide[:, :, :columns])[content_mask],
+                             atol=2e-5, rtol=1e-5)
+  if train:  # BatchNorm statistics come from content only
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+                 stats_narrow, stats_wide)
+
+
+def test_encoder_ignores_bottom_padding(model, variables):
+  rng = np.random.default_rng(3)
+  content = _random_images(rng, 1, 32, 64)
+  tall = rng.uniform(0.0, 1.0, (1, 64, 64, 1)).astype(np.float32)
+  tall[:, :32] = content
+  widths, heights = jnp.array([64]), jnp.array([32])
+  encode = jitted(model, "encode")
+  memory, mask = encode(variables, content, widths, heights)
+  memory_tall, mask_tall = encode(variables, tall, widths, heights)
+  np.testing.assert_array_equal(mask_tall[:, :2], mask)
+  assert not np.any(mask_tall[:, 2:])
+  np.testing.assert_allclose(memory_tall[:, :2], memory, atol=2e-5, rtol=1e-5)
+
+
+def _memory(rng, batch=2, height=2, width=5, dim=32):
+  memory = jnp.asarray(rng.normal(size=(batch, height, width, dim)), jnp.float32)
+  mask = np.ones((batch, height, width), bool)
+  mask[1, :, 3:] = False
+  return memory, jnp.asarray(mask)
+
+
+def test_decoder_ignores_padded_memory(model, variables):
+  rng = np.random.default_rng(4)
+  memory, mask = _memory(rng)
+  tokens = jnp.asarray(rng.integers(1, NUM_CLASSES, (2, 3, 6)), jnp.int32)
+  decode = jitted(model, "decode")
+  logits = decode(variables, tokens, memory, mask)
+  changed = jnp.where(mask[..., None], memory, 100.0 * memory + 7.0)
+  np.testing.assert_allclose(decode(variables, tokens, changed, mask), logits, atol=1e-5,
+                             rtol=1e-5)
+  # ... while content memory matters.
+  assert not np.allclose(decode(variables, tokens, memory * 2.0, mask), logits, atol=1e-3)
+
+
+def test_decoder_is_causal(model, variables):
+  rng = np.random.default_rng(5)
+  memory, mask = _memory(rng)
+  tokens = rng.integers(1, NUM_CLASSES, (2, 2, 7)).astype(np.int32)
+  decode = jitted(model, "decode")
+  logits = decode(variables, jnp.asarray(tokens), memory, mask)
+  later = tokens.copy()
+  later[:, :, 4:] = rng.integers(1, NUM_CLASSES, later[:, :, 4:].shape)
+  logits_later = decode(variables, jnp.asarray(later), memory, mask)
+  np.testing.assert_allclose(logits_later[:, :, :4], logits[:, :, :4], atol=1e-5, rtol=1e-5)
+  assert not np.allclose(logits_later[:, :, 4:], logits[:, :, 4:], atol=1e-3)
+
+
+@pytest.mark.parametrize("coverage", [(True, True), (False, True), (False, False)])
+def test_step_decoding_matches_parallel_decoding(coverage):
+  """One-token steps with cached keys/values and coverage sums == the teacher-forced pass."""
+  model = attention.create_attention_model(
+      tiny_config(cross_coverage=coverage[0], self_coverage=coverage[1], decoder_layers=3),
+      NUM_CLASSES)
+  rng = np.random.default_rng(6)
+  memory, mask = _memory(rng)
+  tokens = jnp.asarray(rng.integers(1, NUM_CLASSES, (2, 3, 6)), jnp.int32)
+  variables = jax.jit(model.init, static_argnames="method")(
+      jax.random.PRNGKey(1), tokens, memory, mask, method="decode")
+  expected = jitted(model, "decode")(variables, tokens, memory, mask)
+
+  @jax.jit
+  def stepwise(variables):
+    memory_kv, state = model.apply(variables, memory, mask, 3, 8, method="init_decode")
+    steps = []
+    for position in range(tokens.shape[-1]):
+      logits, state = model.apply(variables, tokens[:, :, position], jnp.int32(position),
+                                  memory_kv, mask, state, method="decode_step")
+      steps.append(logits)
+    return jnp.stack(steps, axis=2)
+
+  np.testing.assert_allclose(stepwise(variables), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_mixed_precision(variables):
+  model16 = attention.create_attention_model(tiny_config(), NUM_CLASSES, dtype=jnp.bfloat16)
+  model32 = attention.create_attention_model(tiny_config(), NUM_CLASSES)
+  rng = np.random.default_rng(7)
+  images = _random_images(rng, 2, 32, 64)
+  widths = jnp.array([64, 40])
+  tokens = jnp.asarray(rng.integers(1, NUM_CLASSES, (2, 2, 5)), jnp.int32)
+  memory, _ = jitted(model16, "encode")(variables, images, widths)
+  assert memory.dtype == jnp.bfloat16
+  logits16 = jitted(model16)(variables, images, widths, tokens)
+  logits32 = jitted(model32)(variables, images, widths, tokens)
+  assert logits16.dtype == jnp.float32
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+  scale = float(jnp.std(logits32))
+  assert float(jnp.max(jnp.abs(logits16 - logits32))) < 0.1 * scale + 0.05
+
+
+def test_masked_average_pool_averages_content_only():
+  rng = np.random.default_rng(8)
+  x = rng.normal(size=(1, 3, 5, 2)).astype(np.float32)
+  mask = np.zeros((1, 3, 5), bool)
+  mask[:, :, :3] = True
+  x = np.where(mask[..., None], x, 0.0)
+  pooled = np.asarray(densenet.masked_average_pool(jnp.asarray(x), jnp.asarray(mask)))
+  assert pooled.shape == (1, 2, 3, 2)
+  for row in range(2):
+    for column in range(3):
+      window = (slice(2 * row, 2 * row + 2), slice(2 * column, 2 * column + 2))
+      content = mask[0][window]
+      expected = x[0][window][content].mean(axis=0) if content.any() else np.zeros(2)
+      np.testing.assert_allclose(pooled[0, row, column], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_position_encodings():
+  dim = 8
+  encoding = np.asarray(attention.sinusoid_1d(jnp.arange(5), dim))
+  for position in range(5):
+    for i in range(dim // 2):
+      angle = position / 10000 ** (2 * i / dim)
+      np.testing.assert_allclose(encoding[position, 2 * i], math.sin(angle), atol=1e-5)
+      np.testing.assert_allclose(encoding[position, 2 * i + 1], math.cos(angle), atol=1e-5)
+  # The 2-D encoding depends on the content extent only, not on the padding.
+  mask = np.zeros((1, 2, 6), bool)
+  mask[:, :, :4] = True
+  wider = np.zeros((1, 2, 9), bool)
+  wider[:, :, :4] = True
+  np.testing.assert_allclose(attention.sinusoid_2d(jnp.asarray(wider), 16)[:, :, :4],
+                             attention.sinusoid_2d(jnp.asarray(mask), 16)[:, :, :4], atol=1e-6)
+
+
+def test_bad_input_shape_is_explained(model, variables):
+  with pytest.raises(ValueError, match="greyscale"):
+    model.apply(variables, jnp.zeros((1, 32, 64, 3)), jnp.array([64]), method="encode")

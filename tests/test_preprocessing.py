@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+from configs import default
+
+from hme_jax import preprocessing
+
+
+def stroke_image(height=40, width=120, polarity="white_on_black"):
+  image = np.zeros((height, width), np.uint8)
+  image[15:25, 30:90] = 255
+  image[5:35, 55:60] = 255
+  return 255 - image if polarity == "black_on_white" else image
+
+
+def test_polarity_is_detected_both_ways():
+  white_on_black = stroke_image()
+  np.testing.assert_array_equal(preprocessing.to_white_on_black(white_on_black), white_on_black)
+  np.testing.assert_array_equal(
+      preprocessing.to_white_on_black(stroke_image(polarity="black_on_white")), white_on_black)
+
+
+def test_crop_to_ink_keeps_a_margin_and_all_ink():
+  cropped = preprocessing.crop_to_ink(stroke_image(), margin=2)
+  assert cropped.shape == (30 + 4, 60 + 4)
+  assert cropped.sum() == stroke_image().sum()
+  blank = np.zeros((10, 10), np.uint8)
+  assert preprocessing.crop_to_ink(blank).shape == (10, 10)
+
+
+def test_fit_to_height_keeps_aspect_and_caps_width():
+  image = stroke_image(40, 120)
+  assert preprocessing.fit_to_height(image, 20, 1000).shape == (20, 60)
+  assert preprocessing.fit_to_height(image, 80, 100).shape == (80, 100)
+  assert preprocessing.fit_to_height(np.zeros((40, 1), np.uint8), 20, 100).shape == (20, 1)
+
+
+def test_bilinear_sample_at_integer_coordinates_is_identity():
+  image = np.random.default_rng(0).integers(0, 256, (7, 9)).astype(np.uint8)
+  ys, xs = np.meshgrid(np.arange(7.0), np.arange(9.0), indexing="ij")
+  np.testing.assert_array_equal(preprocessing.bilinear_sample(image, ys, xs), image)
+
+
+def test_augment_is_deterministic_per_seed_and_keeps_the_ink():
+  config = default.get_config().augment
+  image = stroke_image()
+  first = preprocessing.augment(image, np.random.default_rng(3), config)
+  second = preprocessing.augment(image, np.random.default_rng(3), config)
+  other = preprocessing.augment(image, np.random.default_rng(4), config)
+  np.testing.assert_array_equal(first, second)
+  assert first.shape != other.shape or not np.array_equal(first, other)
+  # Geometry changes are small: the ink survives and its extent stays similar.
+  ink = preprocessing.crop_to_ink(first)
+  assert (first > 128).sum() > 0.3 * (image > 128).sum()
+  assert 0.6 < ink.shape[1] / 64 < 1.6
+
+
+@pytest.mark.parametrize("degrees", [0.0, 10.0])
+def test_affine_grows_the_canvas_so_no_ink_is_cut(degrees):
+  image = np.zeros((20, 20), np.uint8)
+  image[0:20, 0] = 255  # ink on the border
+  out = preprocessing.random_affine(image, np.random.default_rng(0), degrees, 0.0, 0.0)
+  assert (out > 64).sum() >= 15

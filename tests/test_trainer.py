@@ -1,0 +1,211 @@
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, tiny_config
+
+from hme_jax import checkpoints, evaluate, families, input_pipeline, trainer
+from hme_jax.vocab import Vocabulary
+
+
+def test_loss_and_gradients_stay_finite_with_infeasible_samples():
+  config = tiny_config("unused")
+  vocab = Vocabulary(tuple("abcdefgh"))
+  family = families.CTCFamily(config.model, vocab)
+  batch_size, width = 4, 64  # 16 CTC frames per image
+  batch = {
+      "images": np.random.default_rng(0).integers(0, 255, (batch_size, 32, width, 1)).astype(np.uint8),
+      "image_widths": np.array([64, 64, 8, 64], np.int32),   # row 2: 2 frames only
+      "labels": np.zeros((batch_size, 32), np.int32),
+      "label_lengths": np.array([3, 30, 5, 0], np.int32),     # row 1: 30 labels > 16 frames
+      "sample_mask": np.array([1, 1, 1, 0], np.float32),      # row 3: filler
+  }
+  batch["labels"][:, :30] = np.arange(1, 31) % 8 + 1
+  variables = family.init(jax.random.PRNGKey(0), batch)
+  params = variables.pop("params")
+  (loss, (sums, _)), grads = jax.value_and_grad(family.loss, has_aux=True)(
+      params, variables, batch, jax.random.PRNGKey(1), True)
+  assert np.isfinite(float(loss))
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+  assert float(sums["samples"]) == 1.0 and float(sums["infeasible"]) == 2.0
+  np.testing.assert_allclose(float(loss), float(sums["loss_sum"]), rtol=1e-6)
+
+
+def test_a_small_model_overfits_a_handful_of_samples(synthetic_data_dir):
+  config = tiny_config(synthetic_data_dir)
+  config.augment.enabled = False
+  config.model.spatial_dropout = config.model.lstm_dropout = config.model.classifier_dropout = 0.0
+  config.model.small_channels = (16, 32, 64)
+  config.model.lstm_hidden = 64
+  config.train.learning_rate = 3e-3
+  config.train.batch_size = 8
+  builder = input_pipeline.dataset_builder(config.dataset)
+  vocab = input_pipeline.load_vocabulary(builder)
+  source = input_pipeline.data_source(builder, "train")
+  # Eight short expressions, always the same batch.
+  short = [i for i in range(len(source)) if len(source[i]["latex"].split()) <= 6][:8]
+  records = [source[i] for i in short]
+  batch = next(iter(input_pipeline.eval_dataset(config, records, vocab, batch_size=8)))
+  batch = {k: v for k, v in batch.items() if k != "ids"}
+  family = families.CTCFamily(config.model, vocab)
+  state, optimizer, _ = trainer.create_train_state(family, config, 100, batch, jax.random.PRNGKey(0))
+  step = jax.jit(lambda s, b: trainer.train_step(family, optimizer, s, b, jax.random.PRNGKey(1)))
+  for _ in range(400):
+    state, sums = step(state, batch)
+  tokens, lengths = family.greedy(state.variables, batch)
+  predictions = [vocab.to_latex(t[:n]) for t, n in zip(np.asarray(tokens), np.asarray(lengths))]
+  references = [vocab.to_latex(l[:n]) for l, n in zip(batch["labels"], batch["label_lengths"])]
+  assert predictions == references, float(sums["loss_sum"])
+
+
+SHARDED_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    sys.path.insert(0, "tests")
+    import jax, numpy as np
+    from jax.sharding import Mesh
+    from conftest import tiny_config
+    from hme_jax import evaluation, families, trainer
+    from hme_jax.vocab import Vocabulary
+    assert jax.device_count() == 4
+    config = tiny_config("unused")
+    vocab = Vocabulary(tuple("abcdefgh"))
+    family = families.CTCFamily(config.model, vocab)
+    rng = np.random.default_rng(0)
+    batch = {"images": rng.integers(0, 255, (8, 32, 128, 1)).astype(np.uint8),
+             "image_widths": rng.integers(40, 128, 8).astype(np.int32),
+             "labels": rng.integers(1, 9, (8, 16)).astype(np.int32),
+             "label_lengths": rng.integers(1, 8, 8).astype(np.int32),
+             "sample_mask": np.ones(8, np.float32)}
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+      mesh = Mesh(np.asarray(devices), ("data",))
+      replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+      state, optimizer, _ = trainer.create_train_state(family, config, 10, batch, jax.random.PRNGKey(0))
+      state = jax.device_put(state, replicated)
+      step = jax.jit(lambda s, b: trainer.train_step(family, optimizer, s, b, jax.random.PRNGKey(1)))
+      sharded = evaluation.shard_batch(batch, mesh)
+      assert len(sharded["images"].sharding.device_set) == len(devices)
+      for _ in range(2):
+        state, sums = step(state, sharded)
+      results.append((float(sums["loss_sum"]), jax.tree.map(np.asarray, state.variables)))
+    (loss1, vars1), (loss4, vars4) = results
+    np.testing.assert_allclose(loss1, loss4, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(vars1), jax.tree.leaves(vars4)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    print("SHARDED_OK", loss1, loss4)
+""")
+
+
+def test_sharded_step_equals_single_device_step():
+  result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert "SHARDED_OK" in result.stdout
+
+
+def write_config(path: pathlib.Path, data_dir, **overrides) -> pathlib.Path:
+  lines = "\n".join(f"  config.{key} = {value!r}" for key, value in overrides.items())
+  path.write_text(textwrap.dedent(f"""
+      import sys
+      sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
+      from conftest import tiny_config
+
+      def get_config():
+        config = tiny_config({str(data_dir)!r})
+      """) + lines + "\n  return config\n")
+  return path
+
+
+def train_command(config_path, workdir):
+  return [sys.executable, "train.py", f"--config={config_path}", f"--workdir={workdir}"]
+
+
+def saved_steps(workdir) -> list[int]:
+  directory = pathlib.Path(workdir) / "checkpoints"
+  if not directory.exists():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if re.fullmatch(r"\d+", p.name))
+
+
+def final_variables(workdir):
+  return jax.tree.map(np.asarray, evaluate.LoadedModel(workdir, "latest").variables)
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, synthetic_data_dir):
+  config_path = write_config(tmp_path / "config.py", synthetic_data_dir,
+                             **{"train.num_epochs": 3})
+  straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+  subprocess.run(train_command(config_path, straight), cwd=REPO_ROOT, check=True,
+                 capture_output=True, timeout=600)
+
+  process = subprocess.Popen(train_command(config_path, interrupted), cwd=REPO_ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not saved_steps(interrupted) and time.time() < deadline and process.poll() is None:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  steps_at_kill = saved_steps(interrupted)
+  assert steps_at_kill and max(steps_at_kill) < max(saved_steps(straight)), \
+      "the run finished before it could be killed"
+  subprocess.run(train_command(config_path, interrupted), cwd=REPO_ROOT, check=True,
+                 capture_output=True, timeout=600)
+
+  straight_metrics = json.loads((straight / "metrics.json").read_text())
+  resumed_metrics = json.loads((interrupted / "metrics.json").read_text())
+  keys = ("epoch", "step", "train_loss", "val_loss", "val_exprate", "val_token_error_rate")
+  assert [[r[k] for k in keys] for r in straight_metrics["history"]] == \
+      [[r[k] for k in keys] for r in resumed_metrics["history"]]
+  for a, b in zip(jax.tree.leaves(final_variables(straight)),
+                  jax.tree.leaves(final_variables(interrupted))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_workdir_of_another_model_is_refused_and_left_intact(tmp_path, trained_workdir,
+                                                               synthetic_data_dir):
+  before = {p: p.stat().st_mtime_ns for p in pathlib.Path(trained_workdir).rglob("*")}
+  config = tiny_config(synthetic_data_dir)
+  config.model.lstm_hidden = 48
+  with pytest.raises(checkpoints.CheckpointMismatchError, match=r"lstm_hidden.*--workdir"):
+    trainer.train_and_evaluate(config, trained_workdir)
+  after = {p: p.stat().st_mtime_ns for p in pathlib.Path(trained_workdir).rglob("*")}
+  assert before == after
+
+
+def test_training_metrics_and_summaries_are_written(trained_workdir):
+  metrics = json.loads(pathlib.Path(trained_workdir, "metrics.json").read_text())
+  history = metrics["history"]
+  assert [r["epoch"] for r in history] == [1, 2]
+  assert history[-1]["train_loss"] < history[0]["train_loss"]
+  for record in history:
+    assert 0.0 <= record["val_exprate"] <= 1.0 and record["val_token_error_rate"] >= 0.0
+  assert list(pathlib.Path(trained_workdir, "tensorboard").glob("events.out.tfevents.*"))
+  assert Vocabulary.load(trained_workdir) == checkpoints.Checkpoints(
+      trained_workdir, read_only=True).config_and_vocab()[1]
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, synthetic_data_dir):
+  config = tiny_config(synthetic_data_dir)
+  config.train.num_epochs = 1
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(config, workdir)
+  good_steps = saved_steps(workdir)
+  good = final_variables(workdir)
+  config.train.num_epochs = 2
+  config.train.learning_rate = float("nan")
+  with pytest.raises(trainer.TrainingDivergedError, match="last good checkpoint"):
+    trainer.train_and_evaluate(config, workdir)
+  assert saved_steps(workdir) == good_steps
+  for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(final_variables(workdir))):
+    np.testing.assert_array_equal(a, b)

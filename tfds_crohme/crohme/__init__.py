@@ -1,0 +1,1 @@
+"""The `crohme` TFDS dataset (CROHME in the CoMER data.zip layout)."""

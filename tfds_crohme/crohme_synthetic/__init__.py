@@ -1,0 +1,1 @@
+"""The `crohme_synthetic` TFDS dataset and its expression grammar and renderer."""
