@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = "crnn"
   config.model.backbone = "vgg16"           # "vgg16" | "resnet18" | "small"
   config.model.batch_norm = True
-  config.model.width_downsample = 4         # image columns per CTC frame
+  config.model.width_downsample = 2         # image columns per CTC frame (see configs/vgg16.py)
   config.model.height_collapse = "mean"     # "mean" | "max" | "flatten" over the remaining rows
   config.model.spatial_dropout = 0.3
   config.model.lstm_hidden = 256

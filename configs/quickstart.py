@@ -24,9 +24,11 @@ def get_config():
   config.augment.elastic_sigma = 4.0
 
   config.model.backbone = "small"
-  config.model.small_channels = (32, 64, 128)
+  config.model.small_channels = (16, 32, 64)
+  # Two columns per frame: stacked fractions make short, dense images at height 32.
+  config.model.width_downsample = 2
   config.model.lstm_hidden = 128
-  config.model.lstm_layers = 2
+  config.model.lstm_layers = 1
   config.model.lstm_dropout = 0.2
   config.model.classifier_dropout = 0.2
   config.model.spatial_dropout = 0.1

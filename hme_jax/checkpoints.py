@@ -48,6 +48,14 @@ def _normalise(value):
   return json.loads(json.dumps(value, default=str))
 
 
+def _leaves(value, prefix: str) -> dict[str, Any]:
+  """``{"a": {"b": 1}}`` -> ``{"prefix.a.b": 1}``."""
+  if isinstance(value, dict):
+    return {name: leaf for key, item in value.items()
+            for name, leaf in _leaves(item, f"{prefix}.{key}").items()}
+  return {prefix: _normalise(value)}
+
+
 def config_to_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
@@ -121,10 +129,15 @@ class Checkpoints:
       return
     meta = self.read_meta(step)
     saved, wanted = meta["config"], config_to_json(config)
-    differences = [
-        f"{name}: checkpoint has {_field(saved, name)!r}, this run has {_field(wanted, name)!r}"
-        for name in ARCHITECTURE_FIELDS
-        if _normalise(_field(saved, name)) != _normalise(_field(wanted, name))]
+    differences = []
+    for field in ARCHITECTURE_FIELDS:
+      saved_leaves = _leaves(_field(saved, field), field)
+      wanted_leaves = _leaves(_field(wanted, field), field)
+      differences += [
+          f"{name}: checkpoint has {saved_leaves.get(name)!r}, this run has "
+          f"{wanted_leaves.get(name)!r}"
+          for name in sorted(saved_leaves.keys() | wanted_leaves.keys())
+          if saved_leaves.get(name) != wanted_leaves.get(name)]
     saved_vocab = Vocabulary.from_json(meta["vocab"])
     if saved_vocab != vocab:
       differences.append(f"vocabulary: checkpoint has {len(saved_vocab)} entries "
@@ -158,14 +171,18 @@ class Checkpoints:
     return restored["state"], restored.get("data") if with_data else None, restored["meta"]
 
   def restore_variables(self, step: int, abstract_variables: dict) -> dict:
-    """Restores only the model variables (params, batch stats) of a saved train state."""
+    """Restores only the model variables (params, batch stats) of a saved train state.
+
+    ``abstract_variables``: ``{"params": ..., **extra}`` of ``jax.ShapeDtypeStruct``
+    (with shardings), as ``jax.eval_shape(family.init, ...)`` gives.
+    """
+    abstract = {"params": abstract_variables["params"],
+                "extra_variables": {k: v for k, v in abstract_variables.items() if k != "params"}}
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
-            item={"variables": abstract_variables},
-            restore_args=ocp.checkpoint_utils.construct_restore_args(
-                {"variables": abstract_variables}),
-            partial_restore=True)))
-    return restored["state"]["variables"]
+            item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            partial_restore=True)))["state"]
+    return {"params": restored["params"], **restored["extra_variables"]}
 
   def close(self) -> None:
     self.manager.close()

@@ -39,11 +39,12 @@ class LoadedModel:
     dtype = evaluation.to_jnp_dtype(compute_dtype or self.config.train.compute_dtype)
     self.family = families.create_family(self.config, self.vocab, dtype)
     self.mesh = evaluation.make_mesh()
-    abstract = jax.eval_shape(self.family.init, jax.random.PRNGKey(0), self.dummy_batch(1))
-    variables = checkpoints.restore_variables(self.step, abstract)
-    checkpoints.close()
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    self.variables = jax.device_put(variables, replicated)
+    abstract = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
+        jax.eval_shape(self.family.init, jax.random.PRNGKey(0), self.dummy_batch(1)))
+    self.variables = checkpoints.restore_variables(self.step, abstract)
+    checkpoints.close()
 
   def dummy_batch(self, batch_size: int) -> dict:
     """A batch of blank images of the smallest bucket, in the pipeline's layout."""

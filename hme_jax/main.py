@@ -6,7 +6,7 @@
 Re-running the same command resumes from the latest checkpoint in the work dir.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hme_jax import trainer
@@ -22,6 +22,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax's INFO lines drown the progress bar
   trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

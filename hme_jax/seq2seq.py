@@ -54,7 +54,7 @@ DEFAULT_LENGTH_PENALTY = 1.0
 
 
 def reverse_within_length(tokens: jax.Array, lengths: jax.Array) -> jax.Array:
-  """Reverses the first ``lengths`` entries of each row of ``tokens [..., L]``; the rest becomes 0."""
+  """Reverses the first ``lengths`` entries of each row of ``tokens [..., L]``; the rest is 0."""
   positions = jnp.arange(tokens.shape[-1])
   source = lengths[..., None] - 1 - positions
   reversed_tokens = jnp.take_along_axis(tokens, jnp.maximum(source, 0), axis=-1)
@@ -94,7 +94,7 @@ def teacher_forcing(tokens: jax.Array, lengths: jax.Array, directions: jax.Array
 
 
 def bidirectional_targets(labels: jax.Array, label_lengths: jax.Array, sos_id: int, eos_id: int):
-  """``labels [B, L]`` -> ``(inputs, targets, mask)`` ``[B, 2, L + 1]``: left-to-right, right-to-left."""
+  """``labels [B, L]`` -> ``(inputs, targets, mask)``, each ``[B, 2, L + 1]`` (L2R, R2L)."""
   tokens = jnp.stack([labels, labels], axis=1)
   lengths = jnp.stack([label_lengths, label_lengths], axis=1)
   return teacher_forcing(tokens, lengths, jnp.array([LEFT_TO_RIGHT, RIGHT_TO_LEFT]),
@@ -102,7 +102,7 @@ def bidirectional_targets(labels: jax.Array, label_lengths: jax.Array, sos_id: i
 
 
 def _gather_hypotheses(tree, indices: jax.Array):
-  """Reorders the hypotheses of every leaf ``[B, D * K, ...]`` by ``indices [B, D, K]`` (along K)."""
+  """Reorders the hypotheses of every leaf ``[B, D * K, ...]`` by ``indices [B, D, K]``."""
   batch, directions, width = indices.shape
 
   def gather(leaf):
@@ -232,8 +232,11 @@ class Seq2SeqFamily:
     return tokens[:, 0], lengths[:, 0]
 
   def beam(self, variables: dict, batch, beam_width: int, max_length: int,
-           length_penalty: float | None = None):
+           length_penalty: float | None = None, well_formed: bool = False):
     """Bidirectional beam search with cross-direction rescoring.
+
+    ``length_penalty`` defaults to ``config.model.length_penalty``;
+    ``well_formed`` (a LaTeX grammar constraint) exists for CTC models only.
 
     Returns:
       ``(tokens [B, K, max_length], lengths [B, K], scores [B, K])`` best first;
@@ -241,6 +244,10 @@ class Seq2SeqFamily:
       the sum of both directions' normalised log-probabilities (``-inf`` for a
       slot left empty).
     """
+    if well_formed:
+      raise NotImplementedError(
+          "Well-formed (grammar-constrained) beam search is implemented for CTC models only; "
+          "set config.eval.well_formed=False for the attention model.")
     if length_penalty is None:
       length_penalty = self.length_penalty
     memory, memory_mask = self._encode(variables, batch)

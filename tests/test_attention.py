@@ -16,7 +16,7 @@ NUM_CLASSES = 9
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
   config = dict(name="attention", d_model=32, growth_rate=4, dense_layers=1, dense_blocks=3,
-                compression=0.5, encoder_dropout=0.0, num_heads=4, decoder_layers=2, ffn_dim=32,
+                compression=0.5, encoder_dropout=0.0, num_heads=4, decoder_layers=3, ffn_dim=32,
                 decoder_dropout=0.0, cross_coverage=True, self_coverage=True,
                 coverage_channels=4, coverage_kernel=5)
   config.update(overrides)
@@ -154,28 +154,24 @@ def test_decoder_is_causal(model, variables):
   assert not np.allclose(logits_later[:, :, 4:], logits[:, :, 4:], atol=1e-3)
 
 
-@pytest.mark.parametrize("coverage", [(True, True), (False, True), (False, False)])
-def test_step_decoding_matches_parallel_decoding(coverage):
+def test_step_decoding_matches_parallel_decoding(model, variables):
   """One-token steps with cached keys/values and coverage sums == the teacher-forced pass."""
-  model = attention.create_attention_model(
-      tiny_config(cross_coverage=coverage[0], self_coverage=coverage[1], decoder_layers=3),
-      NUM_CLASSES)
   rng = np.random.default_rng(6)
   memory, mask = _memory(rng)
   tokens = jnp.asarray(rng.integers(1, NUM_CLASSES, (2, 3, 6)), jnp.int32)
-  variables = jax.jit(model.init, static_argnames="method")(
-      jax.random.PRNGKey(1), tokens, memory, mask, method="decode")
   expected = jitted(model, "decode")(variables, tokens, memory, mask)
 
   @jax.jit
   def stepwise(variables):
     memory_kv, state = model.apply(variables, memory, mask, 3, 8, method="init_decode")
-    steps = []
-    for position in range(tokens.shape[-1]):
-      logits, state = model.apply(variables, tokens[:, :, position], jnp.int32(position),
-                                  memory_kv, mask, state, method="decode_step")
-      steps.append(logits)
-    return jnp.stack(steps, axis=2)
+
+    def step(state, position):
+      logits, state = model.apply(variables, tokens[:, :, position], position, memory_kv, mask,
+                                  state, method="decode_step")
+      return state, logits
+
+    _, logits = jax.lax.scan(step, state, jnp.arange(tokens.shape[-1]))
+    return jnp.moveaxis(logits, 0, 2)
 
   np.testing.assert_allclose(stepwise(variables), expected, atol=1e-4, rtol=1e-4)
 
@@ -187,7 +183,7 @@ def test_mixed_precision(variables):
   images = _random_images(rng, 2, 32, 64)
   widths = jnp.array([64, 40])
   tokens = jnp.asarray(rng.integers(1, NUM_CLASSES, (2, 2, 5)), jnp.int32)
-  memory, _ = jitted(model16, "encode")(variables, images, widths)
+  memory, _ = jax.eval_shape(jitted(model16, "encode"), variables, images, widths)
   assert memory.dtype == jnp.bfloat16
   logits16 = jitted(model16)(variables, images, widths, tokens)
   logits32 = jitted(model32)(variables, images, widths, tokens)
@@ -195,6 +191,18 @@ def test_mixed_precision(variables):
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
   scale = float(jnp.std(logits32))
   assert float(jnp.max(jnp.abs(logits16 - logits32))) < 0.1 * scale + 0.05
+
+
+def test_dropout():
+  x = jnp.ones((4, 8, 16, 8))
+  dropout = densenet.Dropout(0.25)
+  np.testing.assert_array_equal(dropout.apply({}, x, deterministic=True), x)
+  apply = jax.jit(functools.partial(dropout.apply, deterministic=False))
+  y = np.asarray(apply({}, x, rngs={"dropout": jax.random.PRNGKey(0)}))
+  np.testing.assert_allclose(np.unique(y), [0.0, 1.0 / 0.75], rtol=1e-6)
+  assert abs(np.mean(y == 0.0) - 0.25) < 0.03
+  z = np.asarray(apply({}, x, rngs={"dropout": jax.random.PRNGKey(1)}))
+  assert not np.array_equal(y, z)
 
 
 def test_masked_average_pool_averages_content_only():

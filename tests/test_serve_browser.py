@@ -10,6 +10,7 @@ Playwright is missing; installs nothing.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import os
@@ -255,3 +256,27 @@ def test_upload_a_good_and_a_bad_file(page, recognizer):
 
   page.click("#back-to-drawing")
   assert page.is_visible("#pad") and not page.is_visible("#upload-view")
+
+
+@pytest.mark.parametrize("how", ["paste", "drop"])
+def test_paste_or_drop_an_image(page, recognizer, how):
+  image = np.full((90, 210), 255, np.uint8)
+  image[30:60, 20:190] = 0
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  page.evaluate("""([how, base64]) => {
+    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], 'clip.png', {type: 'image/png'}));
+    if (how === 'paste') {
+      document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: transfer}));
+    } else {
+      document.getElementById('surface').dispatchEvent(
+          new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+    }
+  }""", [how, base64.b64encode(buffer.getvalue()).decode()])
+  assert page.is_visible("#upload-preview")
+  page.keyboard.press("Control+Enter")  # the shortcut for Recognise
+  page.wait_for_function("(expected) => document.getElementById('latex').textContent === expected",
+                         arg=expected_latex(90, 210))
+  assert recognizer.images[-1].shape == (90, 210)

@@ -177,7 +177,7 @@ def test_a_workdir_of_another_model_is_refused_and_left_intact(tmp_path, trained
   before = {p: p.stat().st_mtime_ns for p in pathlib.Path(trained_workdir).rglob("*")}
   config = tiny_config(synthetic_data_dir)
   config.model.lstm_hidden = 48
-  with pytest.raises(checkpoints.CheckpointMismatchError, match=r"lstm_hidden.*--workdir"):
+  with pytest.raises(checkpoints.CheckpointMismatchError, match=r"(?s)model.lstm_hidden: checkpoint has 32, this run has 48.*--workdir"):
     trainer.train_and_evaluate(config, trained_workdir)
   after = {p: p.stat().st_mtime_ns for p in pathlib.Path(trained_workdir).rglob("*")}
   assert before == after

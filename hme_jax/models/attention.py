@@ -64,7 +64,7 @@ def pixel_mask(image_shape: tuple[int, ...], image_widths: jax.Array,
 
 
 def sinusoid_1d(positions: jax.Array, dim: int, temperature: float = 10000.0) -> jax.Array:
-  """``positions [...]`` (float) -> ``[..., dim]`` float32, sin/cos interleaved (BTTR's WordPosEnc)."""
+  """``positions [...]`` -> ``[..., dim]`` float32, sin/cos interleaved (BTTR's WordPosEnc)."""
   if dim % 2:
     raise ValueError(f"A sinusoidal position encoding needs an even dimension, got {dim}.")
   inverse_frequency = 1.0 / temperature ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
@@ -114,7 +114,7 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, pixel_mask: jax.Array,
                train: bool = False) -> tuple[jax.Array, jax.Array]:
-    """``images [B, H, W, 1]``, ``pixel_mask [B, H, W]`` -> ``(memory [B, h, w, D], memory_mask [B, h, w])``."""
+    """``images [B, H, W, 1]``, ``pixel_mask [B, H, W]`` -> ``(memory [B, h, w, D], [B, h, w])``."""
     features, mask = densenet.DenseNet(
         growth_rate=self.growth_rate, num_layers=self.num_layers, num_blocks=self.num_blocks,
         compression=self.compression, dropout_rate=self.dropout_rate, dtype=self.dtype,
@@ -163,14 +163,12 @@ class CoverageRefinement(nn.Module):
     grid_mask = grid_mask.reshape(-1, height, width, 1)
     stat_mask = stat_mask.reshape(-1, height, width, 1)
     pad = self.kernel_size // 2
-    x = nn.Conv(self.channels, (self.kernel_size, self.kernel_size),
-                padding=((pad, pad), (pad, pad)), dtype=self.dtype, param_dtype=jnp.float32,
-                kernel_init=densenet.conv_kernel_init(1.0, "truncated_normal"), name="conv")(x.astype(self.dtype))
+    conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=jnp.float32,
+                             kernel_init=densenet.conv_kernel_init(1.0, "truncated_normal"))
+    x = conv(self.channels, (self.kernel_size, self.kernel_size),
+             padding=((pad, pad), (pad, pad)), name="conv")(x.astype(self.dtype))
     x = jnp.where(grid_mask, nn.relu(x), jnp.zeros((), x.dtype))
-    x = nn.Conv(self.num_heads, (1, 1), use_bias=False, dtype=self.dtype,
-                param_dtype=jnp.float32,
-                kernel_init=densenet.conv_kernel_init(1.0, "truncated_normal"),
-                name="projection")(x)
+    x = conv(self.num_heads, (1, 1), use_bias=False, name="projection")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=densenet.BATCH_NORM_MOMENTUM,
                      epsilon=densenet.BATCH_NORM_EPSILON, dtype=jnp.float32,
                      param_dtype=jnp.float32, name="norm")(x, mask=stat_mask)
@@ -370,7 +368,10 @@ class Decoder(nn.Module):
 
   def decode_step(self, tokens: jax.Array, position: jax.Array, memory_kv: list[jax.Array],
                   memory_mask: jax.Array, state: dict) -> tuple[jax.Array, dict]:
-    """One token per hypothesis: ``tokens [B, G]`` at ``position`` -> ``(logits [B, G, C] float32, state)``."""
+    """One token per hypothesis at ``position``: ``tokens [B, G]`` -> ``(logits [B, G, C], state)``.
+
+    Logits are float32; ``state`` as from ``init_decode``.
+    """
     batch = memory_mask.shape[0]
     flat_mask = memory_mask.reshape(batch, -1)
     x = self._inputs(tokens[:, :, None], jnp.asarray(position)[None])
@@ -435,7 +436,7 @@ class AttentionModel(nn.Module):
   def __call__(self, images: jax.Array, image_widths: jax.Array, tokens: jax.Array, *,
                image_heights: jax.Array | None = None, target_mask: jax.Array | None = None,
                train: bool = False) -> jax.Array:
-    """``images [B, H, W, 1]``, ``image_widths [B]``, ``tokens [B, G, T]`` -> logits ``[B, G, T, C]``."""
+    """``images [B, H, W, 1]``, ``image_widths [B]``, ``tokens [B, G, T]`` -> ``[B, G, T, C]``."""
     memory, memory_mask = self.encode(images, image_widths, image_heights, train=train)
     return self.decode(tokens, memory, memory_mask, target_mask, train=train)
 
@@ -457,7 +458,8 @@ class AttentionModel(nn.Module):
     return self.decoder.decode_step(tokens, position, memory_kv, memory_mask, state)
 
 
-def create_attention_model(model_config, num_classes: int, dtype: Any = jnp.float32) -> AttentionModel:
+def create_attention_model(model_config, num_classes: int,
+                           dtype: Any = jnp.float32) -> AttentionModel:
   """The model that ``config.model`` (configs/attention.py) describes.
 
   Args:
@@ -466,6 +468,12 @@ def create_attention_model(model_config, num_classes: int, dtype: Any = jnp.floa
     dtype: compute dtype; parameters are float32.
   """
   get = model_config.get
+  stride = densenet.downsample_factor(int(get("dense_blocks", 3)))
+  if get("width_downsample", stride) != stride:
+    raise ValueError(
+        f"config.model.width_downsample={get('width_downsample')} does not match the DenseNet "
+        f"encoder's stride {stride} (2 ** (dense_blocks + 1)); set width_downsample={stride} "
+        "(configs/attention.py does).")
   return AttentionModel(
       num_classes=num_classes,
       d_model=int(get("d_model", 256)),

@@ -71,7 +71,7 @@ def output_channels(growth_rate: int, num_layers: int, num_blocks: int,
 
 
 def downsample_mask(mask: jax.Array) -> jax.Array:
-  """``[B, H, W]`` -> ``[B, ceil(H / 2), ceil(W / 2)]``: a cell is content if its top-left pixel is."""
+  """``[B, H, W]`` -> ``[B, ceil(H / 2), ceil(W / 2)]``: content where the top-left pixel is."""
   return mask[:, ::2, ::2]
 
 
