@@ -139,9 +139,8 @@ def render(path: str, images: list[np.ndarray], latex_strings: list[str]) -> Non
     image_axis.imshow(image, cmap="gray")
     image_axis.axis("off")
     text_axis.axis("off")
-    mathtext = latex.to_mathtext(prediction.split())
     try:
-      text_axis.text(0.0, 0.5, f"${mathtext}$", fontsize=18, va="center")
+      text_axis.text(0.0, 0.5, latex.to_mathtext(prediction.split()), fontsize=18, va="center")
       figure.canvas.draw()
     except ValueError:  # mathtext cannot parse it: show the raw tokens
       text_axis.texts[-1].remove()

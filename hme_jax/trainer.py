@@ -56,16 +56,19 @@ def make_optimizer(train_config: ml_collections.ConfigDict, steps_per_epoch: int
   if cfg.schedule == "constant":
     learning_rate = cfg.learning_rate
   elif cfg.schedule == "warmup_cosine":
+    warmup_steps = min(int(cfg.warmup_epochs * steps_per_epoch), total_steps - 1)
     learning_rate = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, int(cfg.warmup_epochs * steps_per_epoch), total_steps)
+        0.0, cfg.learning_rate, warmup_steps, total_steps)
   else:
     raise ValueError(f"Unknown config.train.schedule {cfg.schedule!r}.")
+  # Weight decay on kernels and embeddings only, not on biases and norm scales.
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
   if cfg.optimizer == "adam":
     optimizer = optax.adam(learning_rate)
   elif cfg.optimizer == "adamw":
-    optimizer = optax.adamw(learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = optax.adamw(learning_rate, weight_decay=cfg.weight_decay, mask=decay_mask)
   elif cfg.optimizer == "adadelta":
-    optimizer = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+    optimizer = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
                             optax.adadelta(learning_rate))
   else:
     raise ValueError(f"Unknown config.train.optimizer {cfg.optimizer!r}.")
@@ -265,7 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = state.replace(plateau=jax.device_put(plateau_state, replicated))
         record = {
             "epoch": math.ceil(step / steps_per_epoch), "step": step,
-            "train_loss": train_loss, "train_infeasible": float(sums["infeasible"]),
+            "train_loss": train_loss, "train_infeasible": float(sums.get("infeasible", 0.0)),
             "val_loss": val["loss"], "val_exprate": val["exprate"],
             "val_token_error_rate": val["token_error_rate"],
             "val_infeasible": val["infeasible"],

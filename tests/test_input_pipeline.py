@@ -33,6 +33,7 @@ def small_config(num_epochs=2, batch_size=4):
   config.input.bucket_widths = (64, 128, 256)
   config.train.num_epochs = num_epochs
   config.train.batch_size = batch_size
+  config.model.width_downsample = 4
   return config
 
 

@@ -13,6 +13,7 @@ from hme_jax.models import create_model, crnn, trainable_mask
 def model_config(backbone="small", **overrides):
   config = default.get_config().model
   config.backbone = backbone
+  config.width_downsample = 4  # the shapes below are written for 4 columns per frame
   config.small_channels = (8, 16, 16)
   config.lstm_hidden = 8
   config.update(overrides)

@@ -352,7 +352,6 @@ def test_overfits_a_few_samples_to_exact_match(family, initial_variables):
     exact = (np.array_equal(predicted_lengths, lengths)
              and np.array_equal(np.asarray(tokens)[:, :4] * (np.arange(4) < lengths[:, None]),
                                 labels))
-    print(round_index, float(losses[-1]), exact)
     if exact:
       break
   assert exact, f"no exact match after {25 * (round_index + 1)} steps, loss {losses[-1]:.3f}"

@@ -26,6 +26,7 @@ HEIGHT, WIDTH = 32, 64
 def model_config(backbone, **overrides):
   config = default.get_config().model
   config.backbone = backbone
+  config.width_downsample = 4  # the shapes below are written for 4 columns per frame
   config.lstm_hidden = 8
   config.lstm_layers = 1
   config.update(overrides)

@@ -20,6 +20,7 @@ from hme_jax.vocab import Vocabulary
 
 def test_loss_and_gradients_stay_finite_with_infeasible_samples():
   config = tiny_config("unused")
+  config.model.width_downsample = 4
   vocab = Vocabulary(tuple("abcdefgh"))
   family = families.CTCFamily(config.model, vocab)
   batch_size, width = 4, 64  # 16 CTC frames per image

@@ -1,0 +1,47 @@
+"""The attention family through the shared stack: trainer, checkpoints, evaluate, predict."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from hme_jax import evaluate, input_pipeline, predict, seq2seq, trainer
+
+
+@pytest.fixture(scope="module")
+def attention_workdir(tmp_path_factory, synthetic_data_dir):
+  from configs import attention_synthetic
+  config = attention_synthetic.get_config()
+  config.dataset.name = "crohme_synthetic/tiny"
+  config.dataset.data_dir = str(synthetic_data_dir)
+  config.model.update(d_model=32, growth_rate=4, dense_layers=1, num_heads=4, decoder_layers=1,
+                      ffn_dim=32, coverage_channels=4, max_decode_length=30)
+  config.train.update(batch_size=16, num_epochs=1, progress_bar=False)
+  config.eval.update(batch_size=16, beam_width=3)
+  workdir = tmp_path_factory.mktemp("attention")
+  trainer.train_and_evaluate(config, str(workdir))
+  return str(workdir)
+
+
+@pytest.mark.slow
+def test_trainer_evaluate_and_predict_serve_the_attention_family(attention_workdir, tmp_path):
+  history = json.loads(pathlib.Path(attention_workdir, "metrics.json").read_text())["history"]
+  assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
+  assert history[0]["train_infeasible"] == 0.0  # no CTC constraint for this family
+
+  model = evaluate.LoadedModel(attention_workdir)
+  assert isinstance(model.family, seq2seq.Seq2SeqFamily)
+  assert model.config.model.name == "attention"
+
+  report = evaluate.evaluate(attention_workdir, splits=["test"], decoder="beam", beam_width=3,
+                             max_samples=8, output_dir=str(tmp_path))
+  assert report["splits"]["test"]["raw"]["num_samples"] == 8
+
+  builder = input_pipeline.dataset_builder(model.config.dataset)
+  record = input_pipeline.data_source(builder, "test")[0]
+  recognizer = predict.Recognizer.from_workdir(attention_workdir, beam_width=3)
+  [result] = recognizer.recognize([255 - record["image"][..., 0]])  # dark ink on paper
+  assert result.alternatives[0][0] == result.latex
+  assert all(token in model.vocab for token in result.tokens)
+  assert "<sos>" not in result.latex and "<eos>" not in result.latex
