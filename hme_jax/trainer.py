@@ -197,7 +197,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   family = families.create_family(config, vocab, dtype)
   mesh = evaluation.make_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
-  _say(f"Training {config.model.name} ({config.model.get('backbone', '')}) on "
+  architecture = config.model.name + (f" ({config.model.backbone})"
+                                      if config.model.name == "crnn" else "")
+  _say(f"Training {architecture} on "
        f"{jax.device_count()} {jax.default_backend()} device(s), compute {jnp.dtype(dtype).name}; "
        f"{len(train_source)} training images, {steps_per_epoch} steps/epoch, "
        f"{config.train.num_epochs} epochs; work dir {workdir}")

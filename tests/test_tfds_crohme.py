@@ -288,3 +288,21 @@ def test_builders_and_data_source_never_import_tensorflow(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report == {"tensorflow": [], "ranks": [3, 3]}
+
+
+def test_tfds_build_command_runs_without_tensorflow(tmp_path):
+  """`python -m tfds_crohme.build` is `tfds build` minus the TensorFlow import."""
+  import subprocess
+  import sys
+  root = pathlib.Path(__file__).resolve().parents[1]
+  code = ("import sys, runpy; sys.argv = ['build', 'tfds_crohme/crohme', '--manual_dir', "
+          f"{str(root / 'tfds_crohme/crohme/dummy_data')!r}, '--data_dir', {str(tmp_path)!r}]; "
+          "runpy.run_module('tfds_crohme.build', run_name='__main__'); "
+          "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+  result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  import tensorflow_datasets as tfds
+  builder = tfds.builder_from_directory(str(tmp_path / "crohme" / "default" / "1.0.0"))
+  assert {name: split.num_examples for name, split in builder.info.splits.items()} == {
+      "train": 4, "2014": 2, "2016": 2}
