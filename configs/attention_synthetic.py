@@ -14,22 +14,11 @@ token accuracy 0.39 and greedy ExpRate on the test split 3%.
   python train.py --config configs/attention_synthetic.py --workdir workdirs/attention_synthetic
 """
 
-from configs import attention
+from configs import attention, quickstart
 
 
 def get_config():
-  config = attention.get_config()
-  config.dataset.name = "crohme_synthetic"
-  config.dataset.eval_split = "test"
-  config.dataset.test_splits = ("test",)
-
-  config.input.height = 32
-  config.input.max_width = 384
-  config.input.bucket_widths = (64, 128, 192, 256, 384)
-
-  config.augment.rotation_degrees = 2.0
-  config.augment.elastic_alpha = 2.0
-  config.augment.elastic_sigma = 4.0
+  config = quickstart.use_synthetic_data(attention.get_config())
 
   config.model.growth_rate = 8
   config.model.dense_layers = 3

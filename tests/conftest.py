@@ -29,6 +29,20 @@ def tiny_config(data_dir: str):
   return config
 
 
+def tiny_attention_config(data_dir: str):
+  """configs/attention_synthetic.py shrunk to seconds, on the tiny synthetic dataset."""
+  from configs import attention_synthetic
+  config = attention_synthetic.get_config()
+  config.dataset.name = "crohme_synthetic/tiny"
+  config.dataset.data_dir = str(data_dir)
+  config.model.update(d_model=32, growth_rate=4, dense_layers=1, num_heads=4, decoder_layers=1,
+                      ffn_dim=32, coverage_channels=4, max_decode_length=30)
+  config.train.update(batch_size=16, num_epochs=1, log_every_steps=2, progress_bar=False)
+  config.eval.update(batch_size=16, beam_width=3)
+  config.input.worker_count = 0
+  return config
+
+
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory):
   """A TFDS data dir holding the prepared ``crohme_synthetic/tiny`` dataset."""

@@ -11,16 +11,9 @@ from hme_jax import evaluate, input_pipeline, predict, seq2seq, trainer
 
 @pytest.fixture(scope="module")
 def attention_workdir(tmp_path_factory, synthetic_data_dir):
-  from configs import attention_synthetic
-  config = attention_synthetic.get_config()
-  config.dataset.name = "crohme_synthetic/tiny"
-  config.dataset.data_dir = str(synthetic_data_dir)
-  config.model.update(d_model=32, growth_rate=4, dense_layers=1, num_heads=4, decoder_layers=1,
-                      ffn_dim=32, coverage_channels=4, max_decode_length=30)
-  config.train.update(batch_size=16, num_epochs=1, progress_bar=False)
-  config.eval.update(batch_size=16, beam_width=3)
+  from conftest import tiny_attention_config
   workdir = tmp_path_factory.mktemp("attention")
-  trainer.train_and_evaluate(config, str(workdir))
+  trainer.train_and_evaluate(tiny_attention_config(synthetic_data_dir), str(workdir))
   return str(workdir)
 
 

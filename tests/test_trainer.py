@@ -75,13 +75,13 @@ SHARDED_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, "tests")
     import jax, numpy as np
     from jax.sharding import Mesh
-    from conftest import tiny_config
+    from conftest import tiny_config, tiny_attention_config
     from hme_jax import evaluation, families, trainer
     from hme_jax.vocab import Vocabulary
     assert jax.device_count() == 4
-    config = tiny_config("unused")
+    config = tiny_attention_config("unused") if sys.argv[1] == "attention" else tiny_config("unused")
     vocab = Vocabulary(tuple("abcdefgh"))
-    family = families.CTCFamily(config.model, vocab)
+    family = families.create_family(config, vocab)
     rng = np.random.default_rng(0)
     batch = {"images": rng.integers(0, 255, (8, 32, 128, 1)).astype(np.uint8),
              "image_widths": rng.integers(40, 128, 8).astype(np.int32),
@@ -102,28 +102,32 @@ SHARDED_SCRIPT = textwrap.dedent("""
       results.append((float(sums["loss_sum"]), jax.tree.map(np.asarray, state.variables)))
     (loss1, vars1), (loss4, vars4) = results
     np.testing.assert_allclose(loss1, loss4, rtol=1e-5)
+    # Adam divides by sqrt(v): where a gradient is ~0, float reassociation across shards
+    # can move an update by up to ~lr, so the tolerance is well below lr * steps.
     for a, b in zip(jax.tree.leaves(vars1), jax.tree.leaves(vars4)):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     print("SHARDED_OK", loss1, loss4)
 """)
 
 
-def test_sharded_step_equals_single_device_step():
-  result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=REPO_ROOT,
+@pytest.mark.parametrize("family", ["crnn", "attention"])
+def test_sharded_step_equals_single_device_step(family):
+  result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, family], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
   assert "SHARDED_OK" in result.stdout
 
 
-def write_config(path: pathlib.Path, data_dir, **overrides) -> pathlib.Path:
+def write_config(path: pathlib.Path, data_dir, family="crnn", **overrides) -> pathlib.Path:
   lines = "\n".join(f"  config.{key} = {value!r}" for key, value in overrides.items())
+  make = "tiny_attention_config" if family == "attention" else "tiny_config"
   path.write_text(textwrap.dedent(f"""
       import sys
       sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
-      from conftest import tiny_config
+      from conftest import {make}
 
       def get_config():
-        config = tiny_config({str(data_dir)!r})
+        config = {make}({str(data_dir)!r})
       """) + lines + "\n  return config\n")
   return path
 
@@ -143,9 +147,10 @@ def final_variables(workdir):
   return jax.tree.map(np.asarray, evaluate.LoadedModel(workdir, "latest").variables)
 
 
-def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, synthetic_data_dir):
-  config_path = write_config(tmp_path / "config.py", synthetic_data_dir,
-                             **{"train.num_epochs": 3})
+@pytest.mark.parametrize("family", ["crnn", "attention"])
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, synthetic_data_dir, family):
+  config_path = write_config(tmp_path / "config.py", synthetic_data_dir, family,
+                             **{"train.num_epochs": 2})
   straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
   subprocess.run(train_command(config_path, straight), cwd=REPO_ROOT, check=True,
                  capture_output=True, timeout=600)
