@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from hme_jax import checkpoints, families, predict, trainer  # noqa: E402
+from hme_jax import checkpoints, families, input_pipeline, predict, trainer  # noqa: E402
 from hme_jax.vocab import Vocabulary  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -38,9 +38,7 @@ def save_untrained(config, workdir: str) -> None:
   from tfds_crohme.crohme_synthetic import grammar
   vocab = Vocabulary.from_captions([" ".join(grammar.TOKENS)])
   family = families.create_family(config, vocab)
-  model = predict.evaluate_lib.LoadedModel.__new__(predict.evaluate_lib.LoadedModel)
-  model.config = config
-  batch = model.dummy_batch(1)
+  batch = input_pipeline.dummy_batch(config, 1)
   state, _, _ = trainer.create_train_state(family, config, 1, batch, jax.random.PRNGKey(0))
   store = checkpoints.Checkpoints(workdir)
   store.save(0, state, {}, {"config": checkpoints.config_to_json(config), "vocab": vocab.to_json()},

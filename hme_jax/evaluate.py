@@ -42,17 +42,10 @@ class LoadedModel:
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     abstract = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
-        jax.eval_shape(self.family.init, jax.random.PRNGKey(0), self.dummy_batch(1)))
+        jax.eval_shape(self.family.init, jax.random.PRNGKey(0),
+                       input_pipeline.dummy_batch(self.config, 1)))
     self.variables = checkpoints.restore_variables(self.step, abstract)
     checkpoints.close()
-
-  def dummy_batch(self, batch_size: int) -> dict:
-    """A batch of blank images of the smallest bucket, in the pipeline's layout."""
-    pad = input_pipeline.PadBatch(batch_size, tuple(self.config.input.bucket_widths))
-    example = {"image": np.zeros((self.config.input.height, 1), np.uint8),
-               "labels": np.zeros(0, np.int32), "id": "", "ctc_feasible": True}
-    batch = pad([example])
-    return {k: v for k, v in batch.items() if k not in evaluation.HOST_ONLY_KEYS}
 
   def decode(self, batches, **kwargs):
     return evaluation.decode_batches(self.family, self.variables, batches, self.mesh, **kwargs)

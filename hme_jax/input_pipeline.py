@@ -161,6 +161,14 @@ class PadBatch:
     return {"images": images, "labels": labels, **batch}
 
 
+def dummy_batch(config, batch_size: int) -> dict[str, np.ndarray]:
+  """A batch of blank images in the pipeline's layout (for shapes: init, restore)."""
+  example = {"image": np.zeros((config.input.height, 1), np.uint8),
+             "labels": np.zeros(0, np.int32), "id": "", "ctc_feasible": True}
+  batch = PadBatch(batch_size, tuple(config.input.bucket_widths))([example])
+  return {k: v for k, v in batch.items() if k != "ids"}
+
+
 # --- pipelines -------------------------------------------------------------
 
 

@@ -19,7 +19,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec

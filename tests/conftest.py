@@ -1,6 +1,5 @@
 """Shared fixtures: a tiny synthetic dataset and a briefly trained work dir."""
 
-import os
 import pathlib
 
 import pytest

@@ -1,7 +1,6 @@
 import csv
 import io
 import json
-import pathlib
 
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 import json
-import os
 import pathlib
 import re
 import signal
@@ -9,7 +8,6 @@ import textwrap
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, tiny_config
