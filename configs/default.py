@@ -23,9 +23,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- input geometry --------------------------------------------------------
   config.input = ml_collections.ConfigDict()
-  config.input.height = 64                  # every image is resized to this height
-  config.input.max_width = 1024             # wider images are squeezed to fit
+  config.input.height = 64                  # every image is resized to this height; 0 = each
+                                            # image at its native scale, within max_height x max_width
+  config.input.max_height = 256             # native scale only: taller images are shrunk to fit
+  config.input.max_width = 1024             # wider images are squeezed (native: shrunk) to fit
   config.input.bucket_widths = (128, 256, 384, 512, 768, 1024)  # each a multiple of width_downsample
+  config.input.canvases = ()                # ((height, width, label_length), ...) batch shapes,
+                                            # nested, smallest first; replaces bucket_widths (and
+                                            # is needed for native scale): see input_pipeline.BatchShapes
+  config.input.sort_window = 0              # >0: batch samples of like size (sorted within windows
+                                            # of this many shuffled batches); eval in size order
   config.input.worker_count = 0             # grain worker processes (0 = in the main process)
   config.input.prefetch = 2                 # batches prefetched per worker
 
@@ -71,7 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.plateau_patience = 2         # epochs without validation improvement
   config.train.compute_dtype = "auto"       # "auto" = bfloat16 on GPU/TPU, float32 on CPU
   config.train.log_every_steps = 50
-  config.train.checkpoint_every_steps = 0   # 0 = only at the end of each epoch
+  config.train.eval_every_epochs = 1        # validate (and checkpoint) every N epochs and at the
+                                            # end; 0 = never (checkpoint at the end only)
+  config.train.checkpoint_every_steps = 0   # 0 = only when validating
   config.train.keep_checkpoints = 3         # the latest K; the best by ExpRate is kept too
   config.train.max_steps = 0                # >0 stops early (smoke runs)
   config.train.progress_bar = True

@@ -93,10 +93,9 @@ def evaluate(workdir: str, *, checkpoint: str = "best", splits: list[str] | None
     print(f"\n== {split}: {len(predictions)} expressions, {decoder} decoding, "
           f"checkpoint {checkpoint} (step {model.step}), {seconds:.1f} s")
     print(metrics.format_table(table, split_at=14))
-
-  path = os.path.join(output_dir, f"report_{tag}.json")
-  with open(path, "w") as f:
-    json.dump(report, f, indent=1)
+    path = os.path.join(output_dir, f"report_{tag}.json")
+    with open(path, "w") as f:  # after each split, so finished splits survive an interruption
+      json.dump(report, f, indent=1)
   print(f"\nReport: {path}")
   return report
 

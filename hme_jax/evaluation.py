@@ -15,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from hme_jax import metrics as metrics_lib
 
 HOST_ONLY_KEYS = ("ids",)
+IMAGE_KEYS = ("images", "image_heights", "image_widths")  # all that decoding reads
 
 
 def make_mesh() -> Mesh:
@@ -81,8 +82,10 @@ def decode_batches(family, variables: dict, batches: Iterable[dict], mesh: Mesh,
         loss_sums[key] = loss_sums.get(key, 0.0) + float(value)
       tokens, lengths = gather((tokens, lengths))
     elif decoder == "beam":
+      # Only the images: label shapes must not multiply the beam search's compilations.
+      images = {key: batch[key] for key in IMAGE_KEYS if key in batch}
       beam_tokens, beam_lengths, beam_scores = gather(
-          beam_step(family, variables, batch, beam_width, max_length, well_formed))
+          beam_step(family, variables, images, beam_width, max_length, well_formed))
       tokens, lengths, scores = beam_tokens[:, 0], beam_lengths[:, 0], beam_scores[:, 0]
       if num_alternatives:
         alternatives = (beam_tokens[:, :num_alternatives], beam_lengths[:, :num_alternatives],

@@ -2,10 +2,11 @@
 
 A batch is a dict of NumPy arrays:
 
-  images         uint8   [B, H, W, 1]  white ink on black, right-padded with 0;
-                                        W is one of ``config.input.bucket_widths``
+  images         uint8   [B, H, W, 1]  white ink on black, padded right and below with 0;
+                                        (H, W) from ``BatchShapes`` (config.input)
+  image_heights  int32   [B]           content height before padding
   image_widths   int32   [B]           content width before padding
-  labels         int32   [B, L]        token ids, 0-padded; L is a power of two >= 16
+  labels         int32   [B, L]        token ids, 0-padded
   label_lengths  int32   [B]
   ctc_feasible   float32 [B]           0 where the label cannot fit the image's CTC
                                         frames (the loss masks these; they are counted)
@@ -14,11 +15,16 @@ A batch is a dict of NumPy arrays:
 
 Training is shuffled, augmented and repeated for all epochs in one Grain
 pipeline, so that the iterator state (saved in every checkpoint) resumes the
-exact sequence of batches. Each JAX process reads only its own shard.
+exact sequence of batches. Each JAX process reads only its own shard. With
+``config.input.sort_window`` the samples of each window of shuffled batches are
+sorted by size before batching (and evaluation splits are read in size
+order), so that a batch holds images of one size class: less padding, and few
+distinct batch shapes to compile.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import os
 from typing import Any
@@ -107,15 +113,14 @@ class Augment(grain.transforms.RandomMap):
 
 @dataclasses.dataclass(frozen=True)
 class FitImage(grain.transforms.Map):
-  """Crops to the ink and resizes to the model's height; flags CTC-infeasible labels."""
+  """Crops to the ink and scales to the model's geometry; flags CTC-infeasible labels."""
 
-  height: int
-  max_width: int
+  input_config: ml_collections.ConfigDict
   ctc_width_downsample: int | None  # None for models without a CTC constraint
 
   def map(self, example: dict[str, Any]) -> dict[str, Any]:
     image = preprocessing.crop_to_ink(example["image"])
-    image = preprocessing.fit_to_height(image, self.height, self.max_width)
+    image = preprocessing.fit_image(image, self.input_config)
     feasible = True
     if self.ctc_width_downsample:
       frames = ctc.frame_lengths(image.shape[1], self.ctc_width_downsample)
@@ -123,26 +128,84 @@ class FitImage(grain.transforms.Map):
     return {**example, "image": image, "ctc_feasible": feasible}
 
 
+# --- batching ----------------------------------------------------------------
+
+
+def label_bucket(longest: int) -> int:
+  """The padded label length for a longest label of ``longest`` tokens: a power of two >= 16."""
+  return max(MIN_LABEL_BUCKET, 1 << max(longest - 1, 0).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchShapes:
+  """The padded ``(height, width, label length)`` a batch may take (``config.input``).
+
+  Each distinct shape is compiled once, so few shapes; padding wastes compute,
+  so shapes close to the content. Two layouts:
+
+  * ``canvases`` empty: every image has height ``height``; a batch's width is
+    the smallest of ``bucket_widths`` that holds it, its label length a power
+    of two (>= 16).
+  * ``canvases = ((height, width, label_length), ...)``, nested (each at least
+    the one before in every dimension): a batch takes the first canvas that
+    holds all its images and labels. Needed for native-scale images, whose
+    heights differ. A label longer than the last canvas's gets a power-of-two
+    length (evaluation splits may hold a few).
+  """
+
+  height: int
+  bucket_widths: tuple[int, ...]
+  canvases: tuple[tuple[int, int, int], ...] = ()
+
+  @classmethod
+  def from_config(cls, input_config: ml_collections.ConfigDict) -> "BatchShapes":
+    canvases = tuple(tuple(int(v) for v in canvas) for canvas in input_config.get("canvases", ()))
+    return cls(int(input_config.height), tuple(input_config.bucket_widths), canvases)
+
+  def size_class(self, heights, widths, label_lengths) -> np.ndarray:
+    """``[N]`` index of the first canvas (or width bucket) that holds each sample."""
+    heights, widths, label_lengths = (np.asarray(v).reshape(-1)
+                                      for v in (heights, widths, label_lengths))
+    if not self.canvases:
+      return np.searchsorted(np.asarray(self.bucket_widths), widths)
+    canvases = np.asarray(self.canvases)
+    fits = ((heights[:, None] <= canvases[None, :, 0]) & (widths[:, None] <= canvases[None, :, 1])
+            & (label_lengths[:, None] <= canvases[None, :, 2]))
+    return np.where(fits.any(axis=1), fits.argmax(axis=1), len(canvases))
+
+  def shape_for(self, heights, widths, label_lengths) -> tuple[int, int, int]:
+    """The padded ``(height, width, label length)`` of a batch of these samples."""
+    tallest, widest = int(np.max(heights)), int(np.max(widths))
+    labels = label_bucket(int(np.max(label_lengths)))
+    if not self.canvases:
+      return self.height, next((b for b in self.bucket_widths if b >= widest), widest), labels
+    index = int(np.max(self.size_class(heights, widths, label_lengths)))
+    if index < len(self.canvases):
+      return self.canvases[index]
+    height, width, label_length = self.canvases[-1]
+    return max(height, tallest), max(width, widest), max(label_length, labels)
+
+
 @dataclasses.dataclass(frozen=True)
 class PadBatch:
-  """Stacks examples into a bucketed batch (see the module docstring).
+  """Stacks examples into a batch of ``BatchShapes`` (see the module docstring).
 
   ``batch_size`` rows are always returned: a short final batch is filled with
   masked rows, so the compiled step sees a static batch size.
   """
 
   batch_size: int
-  bucket_widths: tuple[int, ...]
+  shapes: BatchShapes
 
   def __call__(self, examples: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    widths = [example["image"].shape[1] for example in examples]
-    bucket_width = next((b for b in self.bucket_widths if b >= max(widths)), max(widths))
-    longest = max(len(example["labels"]) for example in examples)
-    label_bucket = max(MIN_LABEL_BUCKET, 1 << max(longest - 1, 0).bit_length())
-    height = examples[0]["image"].shape[0]
-    images = np.zeros((self.batch_size, height, bucket_width, 1), np.uint8)
-    labels = np.zeros((self.batch_size, label_bucket), np.int32)
+    height, width, label_length = self.shapes.shape_for(
+        [example["image"].shape[0] for example in examples],
+        [example["image"].shape[1] for example in examples],
+        [len(example["labels"]) for example in examples])
+    images = np.zeros((self.batch_size, height, width, 1), np.uint8)
+    labels = np.zeros((self.batch_size, label_length), np.int32)
     batch = {
+        "image_heights": np.zeros(self.batch_size, np.int32),
         "image_widths": np.zeros(self.batch_size, np.int32),
         "label_lengths": np.zeros(self.batch_size, np.int32),
         "ctc_feasible": np.zeros(self.batch_size, np.float32),
@@ -151,9 +214,9 @@ class PadBatch:
     }
     for row, example in enumerate(examples):
       image, label = example["image"], example["labels"]
-      images[row, :, : image.shape[1], 0] = image
+      images[row, : image.shape[0], : image.shape[1], 0] = image
       labels[row, : len(label)] = label
-      batch["image_widths"][row] = image.shape[1]
+      batch["image_heights"][row], batch["image_widths"][row] = image.shape
       batch["label_lengths"][row] = len(label)
       batch["ctc_feasible"][row] = example["ctc_feasible"]
       batch["sample_mask"][row] = 1.0
@@ -163,9 +226,10 @@ class PadBatch:
 
 def dummy_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """A batch of blank images in the pipeline's layout (for shapes: init, restore)."""
-  example = {"image": np.zeros((config.input.height, 1), np.uint8),
+  height = config.input.height or preprocessing.MIN_NATIVE_SIZE
+  example = {"image": np.zeros((height, 1), np.uint8),
              "labels": np.zeros(0, np.int32), "id": "", "ctc_feasible": True}
-  batch = PadBatch(batch_size, tuple(config.input.bucket_widths))([example])
+  batch = PadBatch(batch_size, BatchShapes.from_config(config.input))([example])
   return {k: v for k, v in batch.items() if k != "ids"}
 
 
@@ -183,15 +247,41 @@ def _ctc_width_downsample(config) -> int | None:
   return config.model.width_downsample if config.model.name == "crnn" else None
 
 
-def _check_buckets(config) -> None:
-  buckets = tuple(config.input.bucket_widths)
-  if list(buckets) != sorted(buckets) or buckets[-1] < config.input.max_width:
-    raise ValueError(f"config.input.bucket_widths={buckets} must be increasing and end at or "
-                     f"above config.input.max_width={config.input.max_width}.")
+def _check_shapes(config) -> BatchShapes:
+  """The batch shapes of ``config.input``; a clear error for an inconsistent geometry."""
+  shapes = BatchShapes.from_config(config.input)
   step = _ctc_width_downsample(config)
-  if step and any(b % step for b in buckets):
-    raise ValueError(f"Every bucket width {buckets} must be a multiple of "
+  height = config.input.height
+  if step and not height:
+    raise ValueError("The CRNN needs one image height: set config.input.height > 0 "
+                     "(native-scale images, height 0, are for the attention model).")
+  if not shapes.canvases:
+    if not height:
+      raise ValueError("Native-scale images (config.input.height=0) need config.input.canvases, "
+                       "((height, width, label_length), ...) smallest first; see configs/attention.py.")
+    buckets = shapes.bucket_widths
+    if list(buckets) != sorted(buckets) or buckets[-1] < config.input.max_width:
+      raise ValueError(f"config.input.bucket_widths={buckets} must be increasing and end at or "
+                       f"above config.input.max_width={config.input.max_width}.")
+    if step and any(b % step for b in buckets):
+      raise ValueError(f"Every bucket width {buckets} must be a multiple of "
+                       f"config.model.width_downsample={step}.")
+    return shapes
+  canvases = np.asarray(shapes.canvases)
+  if canvases.ndim != 2 or canvases.shape[1] != 3 or (np.diff(canvases, axis=0) < 0).any():
+    raise ValueError(f"config.input.canvases={shapes.canvases} must be (height, width, "
+                     "label_length) triples, each at least the one before in every dimension.")
+  tallest = height or config.input.max_height
+  if canvases[-1, 0] < tallest or canvases[-1, 1] < config.input.max_width:
+    raise ValueError(f"The last of config.input.canvases, {shapes.canvases[-1]}, must hold the "
+                     f"largest image, {tallest} x {config.input.max_width} (config.input).")
+  if height and (canvases[:, 0] != height).any():
+    raise ValueError(f"With config.input.height={height} every canvas has that height; got "
+                     f"{shapes.canvases}.")
+  if step and (canvases[:, 1] % step).any():
+    raise ValueError(f"Every canvas width of {shapes.canvases} must be a multiple of "
                      f"config.model.width_downsample={step}.")
+  return shapes
 
 
 def _shard_for_process(dataset: grain.MapDataset, max_samples: int) -> grain.MapDataset:
@@ -200,37 +290,94 @@ def _shard_for_process(dataset: grain.MapDataset, max_samples: int) -> grain.Map
   return dataset[jax.process_index()::jax.process_count()]
 
 
+def _fitted(config, records: grain.MapDataset, vocab: Vocabulary) -> grain.MapDataset:
+  """Encoded labels and model-geometry images, without augmentation."""
+  return records.map(EncodeLabel(vocab)).map(FitImage(config.input, _ctc_width_downsample(config)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reordered(collections.abc.Sequence):
+  """``records`` read in the order ``order`` (a random-access source for Grain)."""
+
+  records: Any
+  order: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.order)
+
+  def __getitem__(self, index):
+    return self.records[int(self.order[index])]
+
+
+def size_keys(config, records: grain.MapDataset, vocab: Vocabulary) -> np.ndarray:
+  """``[N]`` int64 sort key of each record: its size class (``BatchShapes``), then its area.
+
+  Reads every image once (no augmentation), on all cores.
+  """
+  sizes = _fitted(config, records, vocab).map(
+      lambda example: (*example["image"].shape, len(example["labels"])))
+  threads = max(os.cpu_count() or 1, 1)
+  sizes = np.array(list(sizes.to_iter_dataset(grain.ReadOptions(num_threads=threads))),
+                   np.int64).reshape(-1, 3)
+  classes = BatchShapes.from_config(config.input).size_class(sizes[:, 0], sizes[:, 1], sizes[:, 2])
+  return classes.astype(np.int64) << 32 | sizes[:, 0] * sizes[:, 1]
+
+
+def sorted_batch_order(keys: np.ndarray, batch_size: int, num_epochs: int, seed: int,
+                       window: int) -> np.ndarray:
+  """Record indices of ``num_epochs`` epochs of full batches, each batch contiguous.
+
+  Every epoch shuffles the records (dropping the remainder of a batch), sorts
+  each run of ``window`` batches by ``keys``, cuts batches, and shuffles the
+  order of the epoch's batches: batches of similar samples, in random order.
+  """
+  rng = np.random.default_rng(seed)
+  steps = len(keys) // batch_size
+  span = window * batch_size
+  epochs = []
+  for _ in range(num_epochs):
+    order = rng.permutation(len(keys))[: steps * batch_size]
+    for start in range(0, len(order), span):
+      chunk = order[start:start + span]
+      order[start:start + span] = chunk[np.argsort(keys[chunk], kind="stable")]
+    epochs.append(order.reshape(steps, batch_size)[rng.permutation(steps)].reshape(-1))
+  return np.concatenate(epochs) if epochs else np.zeros(0, np.int64)
+
+
 def train_dataset(config, source, vocab: Vocabulary) -> grain.MapDataset:
   """Shuffled, augmented batches for all epochs, as a random-access MapDataset.
 
-  Only full batches are made (``drop_remainder``), so every epoch has
+  Only full batches are made, so every epoch has
   ``steps_per_epoch(config, len(source))`` steps.
   """
-  _check_buckets(config)
-  dataset = _shard_for_process(grain.MapDataset.source(source), config.dataset.max_train_samples)
-  dataset = dataset.seed(config.seed).shuffle().repeat(config.train.num_epochs)
+  shapes = _check_shapes(config)
+  records = _shard_for_process(grain.MapDataset.source(source), config.dataset.max_train_samples)
+  batch_size = per_process_batch_size(config.train.batch_size)
+  if config.input.sort_window:
+    order = sorted_batch_order(size_keys(config, records, vocab), batch_size,
+                               config.train.num_epochs, config.seed, config.input.sort_window)
+    dataset = grain.MapDataset.source(_Reordered(records, order)).seed(config.seed)
+  else:
+    dataset = records.seed(config.seed).shuffle().repeat(config.train.num_epochs)
   dataset = dataset.map(EncodeLabel(vocab))
   if config.augment.enabled:
     dataset = dataset.random_map(Augment(config.augment))
-  dataset = dataset.map(FitImage(config.input.height, config.input.max_width,
-                                 _ctc_width_downsample(config)))
-  batch_size = per_process_batch_size(config.train.batch_size)
-  return dataset.batch(batch_size, drop_remainder=True,
-                       batch_fn=PadBatch(batch_size, tuple(config.input.bucket_widths)))
+  dataset = dataset.map(FitImage(config.input, _ctc_width_downsample(config)))
+  return dataset.batch(batch_size, drop_remainder=True, batch_fn=PadBatch(batch_size, shapes))
 
 
 def eval_dataset(config, source, vocab: Vocabulary, batch_size: int | None = None,
                  max_samples: int | None = None) -> grain.MapDataset:
-  """Every sample of a split once, in order, in full (masked) batches."""
-  _check_buckets(config)
+  """Every sample of a split once, in full (masked) batches; in size order with ``sort_window``."""
+  shapes = _check_shapes(config)
   if max_samples is None:
     max_samples = config.dataset.max_eval_samples
-  dataset = _shard_for_process(grain.MapDataset.source(source), max_samples)
-  dataset = dataset.map(EncodeLabel(vocab))
-  dataset = dataset.map(FitImage(config.input.height, config.input.max_width,
-                                 _ctc_width_downsample(config)))
+  records = _shard_for_process(grain.MapDataset.source(source), max_samples)
+  if config.input.sort_window:
+    order = np.argsort(size_keys(config, records, vocab), kind="stable")
+    records = grain.MapDataset.source(_Reordered(records, order))
   batch_size = per_process_batch_size(batch_size or config.eval.batch_size)
-  return dataset.batch(batch_size, batch_fn=PadBatch(batch_size, tuple(config.input.bucket_widths)))
+  return _fitted(config, records, vocab).batch(batch_size, batch_fn=PadBatch(batch_size, shapes))
 
 
 def steps_per_epoch(config, num_train_records: int) -> int:
@@ -258,8 +405,6 @@ def count_infeasible(config, source, vocab: Vocabulary, max_samples: int = 0) ->
   step = _ctc_width_downsample(config)
   if not step:
     return 0, []
-  dataset = _shard_for_process(grain.MapDataset.source(source), max_samples)
-  dataset = dataset.map(EncodeLabel(vocab)).map(
-      FitImage(config.input.height, config.input.max_width, step))
+  dataset = _fitted(config, _shard_for_process(grain.MapDataset.source(source), max_samples), vocab)
   infeasible = [example["id"] for example in dataset if not example["ctc_feasible"]]
   return len(infeasible), infeasible

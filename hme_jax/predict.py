@@ -72,10 +72,10 @@ def load_image(data, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 
 
 def prepare_image(gray: np.ndarray, input_config) -> np.ndarray:
-  """Greyscale ``uint8 [H, W]`` of either polarity -> the model's ``uint8 [height, w]``."""
+  """Greyscale ``uint8 [H, W]`` of either polarity -> the model's ``uint8 [h, w]``."""
   image = preprocessing.to_white_on_black(gray)
   image = preprocessing.crop_to_ink(image)
-  return preprocessing.fit_to_height(image, input_config.height, input_config.max_width)
+  return preprocessing.fit_image(image, input_config)
 
 
 @dataclasses.dataclass
@@ -112,7 +112,8 @@ class Recognizer:
     # Few distinct batch sizes keep the number of compilations small.
     batch_size = 1 << (len(examples) - 1).bit_length()
     batch_size = max(batch_size, len(self.model.mesh.devices.flat))
-    batch = input_pipeline.PadBatch(batch_size, tuple(self.input_config.bucket_widths))(examples)
+    batch = input_pipeline.PadBatch(batch_size, input_pipeline.BatchShapes.from_config(
+        self.input_config))(examples)
     predictions, _ = self.model.decode([batch], decoder=self.decoder, beam_width=self.beam_width,
                                        num_alternatives=self.beam_width)
     results = []

@@ -2,8 +2,10 @@
 
 Every image inside the library is greyscale ``uint8 [H, W]`` with WHITE ink on a
 BLACK background (the CROHME archive's convention). Training, ``evaluate``,
-``predict`` and the web app all go through ``fit_to_height`` so that a model sees
-the same geometry everywhere.
+``predict`` and the web app all go through ``fit_image`` so that a model sees
+the same geometry everywhere: either every image scaled to one height
+(``config.input.height > 0``) or each image at its native scale, bounded by
+``config.input.max_height`` x ``config.input.max_width`` (``height = 0``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,34 @@ def fit_to_height(image: np.ndarray, height: int, max_width: int) -> np.ndarray:
   if (h, w) == (height, width):
     return image
   return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+MIN_NATIVE_SIZE = 16  # native-scale images are enlarged to at least this many pixels a side
+
+
+def fit_within(image: np.ndarray, max_height: int, max_width: int,
+               min_size: int = MIN_NATIVE_SIZE) -> np.ndarray:
+  """Keeps the native scale, shrinking (aspect kept) only what exceeds ``max_height x max_width``.
+
+  Images smaller than ``min_size`` on a side are enlarged to it (a strided
+  encoder needs a few pixels to see anything). Returns ``uint8 [h, w]`` with
+  ``h <= max_height`` and ``w <= max_width``.
+  """
+  h, w = image.shape
+  scale = min(1.0, max_height / h, max_width / w)
+  scale = max(scale, min(max(min_size / h, min_size / w), max_height / h, max_width / w))
+  height = int(np.clip(round(h * scale), 1, max_height))
+  width = int(np.clip(round(w * scale), 1, max_width))
+  if (h, w) == (height, width):
+    return image
+  return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def fit_image(image: np.ndarray, input_config) -> np.ndarray:
+  """The model's input geometry of ``config.input`` (see the module docstring)."""
+  if input_config.height:
+    return fit_to_height(image, input_config.height, input_config.max_width)
+  return fit_within(image, input_config.max_height, input_config.max_width)
 
 
 # --- augmentation (training only) -------------------------------------------

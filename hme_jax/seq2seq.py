@@ -235,8 +235,10 @@ class Seq2SeqFamily:
            length_penalty: float | None = None, well_formed: bool = False):
     """Bidirectional beam search with cross-direction rescoring.
 
-    ``length_penalty`` defaults to ``config.model.length_penalty``;
-    ``well_formed`` (a LaTeX grammar constraint) exists for CTC models only.
+    ``max_length`` 0 means ``config.model.max_decode_length`` (what ``evaluate``
+    and ``predict`` pass); ``length_penalty`` defaults to
+    ``config.model.length_penalty``; ``well_formed`` (a LaTeX grammar
+    constraint) exists for CTC models only.
 
     Returns:
       ``(tokens [B, K, max_length], lengths [B, K], scores [B, K])`` best first;
@@ -250,6 +252,7 @@ class Seq2SeqFamily:
           "set config.eval.well_formed=False for the attention model.")
     if length_penalty is None:
       length_penalty = self.length_penalty
+    max_length = max_length or self.max_decode_length
     memory, memory_mask = self._encode(variables, batch)
     tokens, lengths, scores = self.beam_from_memory(
         variables, memory, memory_mask, beam_width, max_length, length_penalty)

@@ -1,8 +1,9 @@
 """Training loop: ``train_and_evaluate(config, workdir)``.
 
-Each epoch trains on ``config.dataset.train_split`` and validates on
-``config.dataset.eval_split`` (greedy decoding): loss, ExpRate and token error
-rate. The step is ``jax.jit``-compiled over a data-parallel mesh of every device.
+Each epoch trains on ``config.dataset.train_split``; every
+``config.train.eval_every_epochs`` epochs (and at the end) the model is
+validated on ``config.dataset.eval_split`` (greedy decoding: loss, ExpRate and
+token error rate) and checkpointed. The step is ``jax.jit``-compiled over a data-parallel mesh of every device.
 Re-running with the same work dir resumes from the latest checkpoint.
 """
 
@@ -19,6 +20,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
@@ -140,6 +142,38 @@ class Summaries:
       self.writer.close()
 
 
+class SteadyThroughput:
+  """Training images per second between host syncs, leaving out spans that compiled a shape.
+
+  The first batch of each new shape compiles the step (seconds to minutes on an
+  accelerator); the median rate of the other spans is the steady throughput.
+  """
+
+  def __init__(self):
+    self.shapes: set[tuple[int, ...]] = set()
+    self.rates: list[float] = []
+    self.restart()
+
+  def restart(self) -> None:
+    self.start, self.images, self.compiled = time.time(), 0, False
+
+  def add(self, batch: dict, images: int) -> None:
+    shape = tuple(batch["images"].shape) + tuple(batch["labels"].shape)
+    self.compiled |= shape not in self.shapes
+    self.shapes.add(shape)
+    self.images += images
+
+  def mark(self) -> None:
+    """Closes a span; call right after a host sync."""
+    if self.images and not self.compiled:
+      self.rates.append(self.images / max(time.time() - self.start, 1e-9))
+    self.restart()
+
+  @property
+  def images_per_second(self) -> float | None:
+    return float(np.median(self.rates)) if self.rates else None
+
+
 def _say(message: str) -> None:
   if jax.process_index() == 0:
     print(message, flush=True)
@@ -154,11 +188,9 @@ def _check_finite(value: float, step: int, workdir: str) -> None:
         "config.train.compute_dtype=float32, then re-run (it resumes from that checkpoint).")
 
 
-def validate(family, variables: dict, config, eval_source, vocab, mesh) -> dict[str, float]:
-  """Loss, ExpRate and token error rate of the eval split (greedy decoding)."""
-  batch_size = evaluation.eval_batch_size(config.eval.batch_size)
-  dataset = input_pipeline.eval_dataset(config, eval_source, vocab, batch_size=batch_size)
-  predictions, loss_sums = evaluation.decode_batches(family, variables, dataset, mesh)
+def validate(family, variables: dict, eval_data, mesh) -> dict[str, float]:
+  """Loss, ExpRate and token error rate of the eval batches (greedy decoding)."""
+  predictions, loss_sums = evaluation.decode_batches(family, variables, eval_data, mesh)
   summary = evaluation.summarize(predictions)["all"]["raw"]
   return {
       "loss": loss_sums.get("loss_sum", 0.0) / max(loss_sums.get("samples", 0.0), 1.0),
@@ -200,12 +232,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                       if config.model.name == "crnn" else "")
   _say(f"Training {architecture} on "
        f"{jax.device_count()} {jax.default_backend()} device(s), compute {jnp.dtype(dtype).name}; "
-       f"{len(train_source)} training images, {steps_per_epoch} steps/epoch, "
+       f"{steps_per_epoch * config.train.batch_size} training images per epoch "
+       f"({len(train_source)} in the split), {steps_per_epoch} steps/epoch, "
        f"{config.train.num_epochs} epochs; work dir {workdir}")
 
   train_data = input_pipeline.train_dataset(config, train_source, vocab)
   train_iterator = input_pipeline.to_iterator(train_data, config.input.worker_count,
                                               config.input.prefetch)
+  eval_data = input_pipeline.eval_dataset(
+      config, eval_source, vocab, batch_size=evaluation.eval_batch_size(config.eval.batch_size))
   first_batch = train_data[0]
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(rng)
@@ -240,12 +275,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                        disable=not config.train.progress_bar or jax.process_index() > 0)
   epoch_sums: dict[str, jax.Array] = {}
-  epoch_start = time.time()
+  run_start = epoch_start = time.time()
   epoch_images = 0
+  throughput = SteadyThroughput()
   step = start_step
   try:
     while step < total_steps:
       batch = next(train_iterator)
+      throughput.add(batch, config.train.batch_size)
       state, metric_sums = step_fn(state, evaluation.shard_batch(batch, mesh), step_rng)
       epoch_sums = jax.tree.map(jnp.add, epoch_sums, metric_sums) if epoch_sums else metric_sums
       epoch_images += config.train.batch_size
@@ -254,6 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
       if step % config.train.log_every_steps == 0 or end_of_epoch:
         sums = jax.device_get(epoch_sums)  # the only host sync of the loop
+        throughput.mark()
         train_loss = float(sums["loss_sum"]) / max(float(sums["samples"]), 1.0)
         _check_finite(train_loss, step, workdir)
         images_per_second = epoch_images / max(time.time() - epoch_start, 1e-9)
@@ -261,20 +299,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              epoch=step // steps_per_epoch + (not end_of_epoch))
         summaries.scalars(step, {"train/loss": train_loss, "train/img_per_s": images_per_second,
                                  "train/grad_norm": float(sums["grad_norm"] / sums["steps"])})
-      if end_of_epoch:
+      epoch = math.ceil(step / steps_per_epoch)
+      every = config.train.eval_every_epochs
+      if end_of_epoch and every and (epoch % every == 0 or step == total_steps):
         epoch_time = time.time() - epoch_start
-        val = validate(family, state.variables, config, eval_source, vocab, mesh)
+        val = validate(family, state.variables, eval_data, mesh)
         _, plateau_state = plateau.update(updates={}, state=jax.device_get(state.plateau),
                                           value=val["loss"])
         state = state.replace(plateau=jax.device_put(plateau_state, replicated))
         record = {
-            "epoch": math.ceil(step / steps_per_epoch), "step": step,
+            "epoch": epoch, "step": step,
             "train_loss": train_loss, "train_infeasible": float(sums.get("infeasible", 0.0)),
             "val_loss": val["loss"], "val_exprate": val["exprate"],
             "val_token_error_rate": val["token_error_rate"],
             "val_infeasible": val["infeasible"],
             "lr_scale": float(plateau_state.scale), "epoch_seconds": epoch_time,
             "train_img_per_s": epoch_images / max(epoch_time, 1e-9),
+            "wall_seconds": time.time() - run_start,
         }
         history.append(record)
         summaries.scalars(step, {f"val/{k[4:]}": v for k, v in record.items()
@@ -287,16 +328,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                if record["train_infeasible"] else ""))
         save(step, {checkpoints_lib.BEST_METRIC: val["exprate"]})
         epoch_sums, epoch_images, epoch_start = {}, 0, time.time()
-      elif config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
+        throughput.restart()
+      elif step == total_steps or (config.train.checkpoint_every_steps
+                                   and step % config.train.checkpoint_every_steps == 0):
         _check_finite(float(jax.device_get(epoch_sums["loss_sum"])), step, workdir)
         save(step, None)
+        throughput.restart()
   finally:
     progress.close()
     summaries.close()
     checkpoints.close()
 
   result = {"history": history, "steps": step,
-            "best_val_exprate": max((r["val_exprate"] for r in history), default=None)}
+            "best_val_exprate": max((r["val_exprate"] for r in history), default=None),
+            "steady_img_per_s": throughput.images_per_second,
+            "batch_shapes": sorted(throughput.shapes),
+            "wall_seconds": time.time() - run_start}
+  _say(f"Trained to step {step} in {result['wall_seconds']:.0f} s; steady throughput "
+       + (f"{result['steady_img_per_s']:.0f} img/s" if result["steady_img_per_s"] else "not measured")
+       + f" ({len(throughput.shapes)} batch shapes compiled).")
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
       json.dump(result, f, indent=1)

@@ -29,7 +29,10 @@ def tiny_config(data_dir: str):
 
 
 def tiny_attention_config(data_dir: str):
-  """configs/attention_synthetic.py shrunk to seconds, on the tiny synthetic dataset."""
+  """configs/attention_synthetic.py shrunk to seconds, on the tiny synthetic dataset.
+
+  Native-scale images in two canvases, sorted batches: the geometry of configs/attention.py.
+  """
   from configs import attention_synthetic
   config = attention_synthetic.get_config()
   config.dataset.name = "crohme_synthetic/tiny"
@@ -38,7 +41,8 @@ def tiny_attention_config(data_dir: str):
                       ffn_dim=32, coverage_channels=4, max_decode_length=30)
   config.train.update(batch_size=16, num_epochs=1, log_every_steps=2, progress_bar=False)
   config.eval.update(batch_size=16, beam_width=3)
-  config.input.worker_count = 0
+  config.input.update(height=0, max_height=64, max_width=256, sort_window=2,
+                      canvases=((48, 160, 16), (64, 256, 32)), worker_count=0)
   return config
 
 

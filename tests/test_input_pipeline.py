@@ -190,3 +190,138 @@ def test_the_data_layer_never_imports_tensorflow(synthetic_data_dir):
                           timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "TF_MODULES []" in result.stdout
+
+
+# --- native scale, canvases, size-sorted batches -------------------------------------
+
+
+def native_config(num_epochs=2, batch_size=4, sort_window=2):
+  config = small_config(num_epochs, batch_size)
+  config.model.name = "attention"
+  config.input.height = 0
+  config.input.max_height = 64
+  config.input.max_width = 256
+  config.input.canvases = ((48, 128, 8), (64, 256, 16))
+  config.input.sort_window = sort_window
+  return config
+
+
+def test_native_scale_keeps_each_image_size_and_pads_to_the_smallest_canvas():
+  config = native_config(sort_window=0)
+  records = fake_records(12)
+  for record in records:  # ink on all but 5 rows at the top and bottom
+    record["image"][5:-5, 2:-2] = 255
+  shapes = input_pipeline.BatchShapes.from_config(config.input)
+  for batch in input_pipeline.eval_dataset(config, records, VOCAB, batch_size=4):
+    heights, widths = batch["image_heights"], batch["image_widths"]
+    real = batch["sample_mask"] > 0
+    canvas = batch["images"].shape[1:3] + batch["labels"].shape[1:]
+    assert canvas in config.input.canvases
+    # The first canvas holding every image and label of the batch was chosen.
+    first = max(shapes.size_class(heights[real], widths[real], batch["label_lengths"][real]))
+    assert canvas == config.input.canvases[first]
+    for row in np.flatnonzero(real):
+      index = int(batch["ids"][row].removeprefix("sample"))
+      # Ink-cropped (2 px margin) at the archive's own scale; only what is wider than
+      # max_width is shrunk, keeping the aspect ratio.
+      source = records[index]["image"][..., 0]
+      cropped = (source.shape[0] - 6, source.shape[1])
+      scale = min(1.0, 64 / cropped[0], 256 / cropped[1])
+      assert (heights[row], widths[row]) == (round(cropped[0] * scale), round(cropped[1] * scale))
+      assert not batch["images"][row, heights[row]:].any()
+      assert not batch["images"][row, :, widths[row]:].any()
+      assert batch["images"][row, : heights[row], : widths[row]].any()
+
+
+def test_native_scale_shrinks_only_what_exceeds_the_bounds():
+  from hme_jax import preprocessing
+  config = native_config()
+  tall = np.full((200, 100), 255, np.uint8)
+  wide = np.full((20, 1000), 255, np.uint8)
+  tiny = np.full((4, 6), 255, np.uint8)
+  assert preprocessing.fit_image(tall, config.input).shape == (64, 32)
+  assert preprocessing.fit_image(wide, config.input).shape == (5, 256)
+  assert preprocessing.fit_image(tiny, config.input).shape == (16 * 4 // 4, 24)
+  assert preprocessing.fit_image(np.full((30, 40), 255, np.uint8), config.input).shape == (30, 40)
+
+
+def test_labels_longer_than_every_canvas_get_a_power_of_two_length():
+  config = native_config()
+  long_caption = " ".join(["x"] * 20)
+  records = [{"image": np.full((20, 30, 1), 255, np.uint8), "latex": long_caption.encode(),
+              "id": b"long"}]
+  vocab = Vocabulary.from_captions(CAPTIONS + [long_caption])
+  batch = next(iter(input_pipeline.eval_dataset(config, records, vocab, batch_size=2)))
+  assert batch["labels"].shape == (2, 32) and batch["images"].shape[1:3] == (64, 256)
+
+
+def test_sorted_batches_hold_samples_of_one_size_and_cover_each_epoch():
+  keys = np.random.default_rng(1).integers(0, 3, 64)
+  order = input_pipeline.sorted_batch_order(keys, batch_size=4, num_epochs=3, seed=0, window=8)
+  assert order.shape == (3 * 64,)
+  for epoch in order.reshape(3, 64):
+    assert sorted(epoch) == list(range(64))  # every sample once per epoch (64 = 16 full batches)
+  batches = order.reshape(-1, 4)
+  # Sorted within windows of 8 batches: most batches are of one size class.
+  pure = np.mean([len(set(keys[b])) == 1 for b in batches])
+  assert pure > 0.6
+  # Unsorted batches of the same keys are rarely pure.
+  shuffled = np.random.default_rng(2).permutation(64).reshape(-1, 4)
+  assert np.mean([len(set(keys[b])) == 1 for b in shuffled]) < 0.3
+  # Epochs differ, and the whole order is a pure function of the seed.
+  assert not np.array_equal(order[:64], order[64:128])
+  np.testing.assert_array_equal(order, input_pipeline.sorted_batch_order(keys, 4, 3, 0, 8))
+
+
+def test_size_sorted_training_uses_few_shapes_and_resumes_exactly():
+  config = native_config(num_epochs=2, batch_size=4, sort_window=3)
+  records = fake_records(24)
+  dataset = input_pipeline.train_dataset(config, records, VOCAB)
+  batches = list(dataset)
+  assert len(batches) == 2 * input_pipeline.steps_per_epoch(config, len(records))
+  for epoch in (batches[:6], batches[6:]):
+    assert sorted(i for b in epoch for i in b["ids"]) == sorted(f"sample{i}" for i in range(24))
+  shapes = {b["images"].shape[1:3] + b["labels"].shape[1:] for b in batches}
+  assert shapes <= set(config.input.canvases)
+  iterator = input_pipeline.to_iterator(dataset)
+  next(iterator), next(iterator)
+  state = iterator.get_state()
+  expected = next(iterator)
+  resumed = input_pipeline.to_iterator(input_pipeline.train_dataset(config, records, VOCAB))
+  resumed.set_state(state)
+  got = next(resumed)
+  np.testing.assert_array_equal(got["images"], expected["images"])
+  np.testing.assert_array_equal(got["ids"], expected["ids"])
+
+
+def test_sorted_eval_reads_every_sample_once_in_size_order():
+  config = native_config(sort_window=1)
+  records = fake_records(11)
+  batches = list(input_pipeline.eval_dataset(config, records, VOCAB, batch_size=4))
+  ids = [i for b in batches for i, m in zip(b["ids"], b["sample_mask"]) if m]
+  assert sorted(ids) == sorted(f"sample{i}" for i in range(11))
+  areas = [h * w for b in batches for h, w, m in
+           zip(b["image_heights"], b["image_widths"], b["sample_mask"]) if m]
+  classes = [c for b in batches for c, m in zip(input_pipeline.BatchShapes.from_config(
+      config.input).size_class(b["image_heights"], b["image_widths"], b["label_lengths"]),
+      b["sample_mask"]) if m]
+  assert list(zip(classes, areas)) == sorted(zip(classes, areas))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(canvases=()), "need config.input.canvases"),
+    (dict(canvases=((64, 128, 8), (48, 256, 16))), "at least the one before"),
+    (dict(canvases=((48, 128, 8),)), "must hold the largest image"),
+])
+def test_bad_canvas_config_is_a_clear_error(change, message):
+  config = native_config()
+  config.input.update(change)
+  with pytest.raises(ValueError, match=message):
+    input_pipeline.train_dataset(config, fake_records(4), VOCAB)
+
+
+def test_the_crnn_refuses_native_scale():
+  config = native_config()
+  config.model.name = "crnn"
+  with pytest.raises(ValueError, match="CRNN needs one image height"):
+    input_pipeline.eval_dataset(config, fake_records(4), VOCAB, batch_size=2)

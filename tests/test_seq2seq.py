@@ -362,3 +362,14 @@ def test_overfits_a_few_samples_to_exact_match(family, initial_variables):
       {"params": params, **extra}, batch, 2, MAX_LENGTH)
   np.testing.assert_array_equal(beam_lengths[:, 0], lengths)
   np.testing.assert_array_equal(np.asarray(beam_tokens)[:, 0, :4], labels)
+
+
+def test_beam_max_length_zero_means_the_configured_maximum(family, variables, batch):
+  # evaluate and predict pass max_length=0: the search must still run to the model's maximum.
+  beam = jax.jit(family.beam, static_argnums=(2, 3))
+  default = beam(variables, batch, 2, 0)
+  explicit = beam(variables, batch, 2, MAX_LENGTH)
+  assert default[0].shape == explicit[0].shape == (3, 2, MAX_LENGTH)
+  for got, want in zip(default, explicit):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert np.asarray(default[1]).max() > 0

@@ -198,7 +198,7 @@ def test_small_backbone_has_no_imagenet_weights(tmp_path):
 @pytest.mark.parametrize("backbone", ["small", "resnet18"])
 def test_torch_crnn_matches_flax_crnn(backbone):
   """Same weights -> same logits at every content frame, padded batch, eval mode."""
-  import torch
+  torch = pytest.importorskip("torch")
   torch_crnn = load_torch_crnn()
   config = model_config(backbone, lstm_layers=2, lstm_hidden=12)
   torch.manual_seed(0)
@@ -223,7 +223,7 @@ def test_torch_crnn_matches_flax_crnn(backbone):
 
 def test_torch_train_step_learns():
   """The benchmark's torch step lowers the CTC loss on a fixed tiny batch."""
-  import torch
+  torch = pytest.importorskip("torch")
   torch_crnn = load_torch_crnn()
   config = model_config("small", small_channels=(8, 16), lstm_hidden=16, spatial_dropout=0.0,
                         lstm_dropout=0.0, classifier_dropout=0.0)
