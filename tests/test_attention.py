@@ -73,6 +73,61 @@ def test_encoder_shapes_and_mask(model, variables):
   assert features.shape[-1] == densenet.output_channels(4, 1, 3, 0.5)
 
 
+def _unrolled_from_scanned(scanned: dict, growth_rate: int, num_layers: int, num_blocks: int,
+                           compression: float) -> dict:
+  """The unrolled DenseNet's variables holding the same function as scanned ones."""
+  unrolled = {key: value for key, value in scanned.items() if not key.startswith("dense_block_")}
+  channels = 2 * growth_rate
+  for block in range(num_blocks):
+    for layer in range(num_layers):
+      variables = jax.tree.map(lambda leaf, i=layer: leaf[i], scanned[f"dense_block_{block}"]["layer"])
+      if "Conv_0" in variables["bottleneck"]:  # the 1x1 kernel sees only the channels so far
+        kernel = variables["bottleneck"]["Conv_0"]["kernel"]
+        variables["bottleneck"]["Conv_0"]["kernel"] = kernel[:, :, :channels + layer * growth_rate]
+      unrolled[f"dense_block_{block}_layer_{layer}"] = variables
+    channels += num_layers * growth_rate
+    if block < num_blocks - 1:
+      channels = int(math.floor(channels * compression))
+  return unrolled
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_scanned_dense_layers_compute_the_published_densenet(train):
+  """scan_layers (one compiled layer per block) is the same function as the unrolled network."""
+  kwargs = dict(growth_rate=4, num_layers=3, num_blocks=2, compression=0.5, dropout_rate=0.0)
+  rng = np.random.default_rng(5)
+  images = jnp.asarray(_random_images(rng, 2, 37, 70))
+  mask = attention.pixel_mask(images.shape, jnp.array([70, 41]), jnp.array([37, 30]))
+  scanned_model = densenet.DenseNet(scan_layers=True, **kwargs)
+  variables = scanned_model.init(jax.random.PRNGKey(0), images, mask)
+  # Non-trivial BatchNorm statistics and scales, so that every parameter matters.
+  variables = jax.tree.map(lambda leaf: leaf * jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape),
+                                                           leaf.dtype), variables)
+  unrolled = {collection: _unrolled_from_scanned(tree, **{k: kwargs[k] for k in (
+      "growth_rate", "num_layers", "num_blocks", "compression")})
+              for collection, tree in variables.items()}
+  unrolled_model = densenet.DenseNet(scan_layers=False, **kwargs)
+  assert jax.tree.structure(unrolled) == jax.tree.structure(
+      unrolled_model.init(jax.random.PRNGKey(0), images, mask))
+
+  def run(model, model_variables):
+    if train:
+      (features, _), updates = model.apply(model_variables, images, mask, train=True,
+                                           mutable=["batch_stats"])
+      return features, updates["batch_stats"]
+    return model.apply(model_variables, images, mask)[0], None
+
+  scanned_features, scanned_stats = run(scanned_model, variables)
+  unrolled_features, unrolled_stats = run(unrolled_model, unrolled)
+  np.testing.assert_allclose(scanned_features, unrolled_features, atol=1e-5, rtol=1e-5)
+  assert float(jnp.abs(unrolled_features).max()) > 0.1
+  if train:  # the same BatchNorm statistics are learned
+    expected = _unrolled_from_scanned(scanned_stats, **{k: kwargs[k] for k in (
+        "growth_rate", "num_layers", "num_blocks", "compression")})
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+                 expected, unrolled_stats)
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_encoder_ignores_padding(model, variables, train):
   """Content positions see the same features whatever the padding width and content."""

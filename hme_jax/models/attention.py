@@ -109,6 +109,7 @@ class Encoder(nn.Module):
   num_blocks: int = 3
   compression: float = 0.5
   dropout_rate: float = 0.2
+  scan_layers: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -117,8 +118,8 @@ class Encoder(nn.Module):
     """``images [B, H, W, 1]``, ``pixel_mask [B, H, W]`` -> ``(memory [B, h, w, D], [B, h, w])``."""
     features, mask = densenet.DenseNet(
         growth_rate=self.growth_rate, num_layers=self.num_layers, num_blocks=self.num_blocks,
-        compression=self.compression, dropout_rate=self.dropout_rate, dtype=self.dtype,
-        name="densenet")(images, pixel_mask, train=train)
+        compression=self.compression, dropout_rate=self.dropout_rate,
+        scan_layers=self.scan_layers, dtype=self.dtype, name="densenet")(images, pixel_mask, train=train)
     x = nn.Dense(self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
                  name="feature_projection")(features)
     x = x + sinusoid_2d(mask, self.d_model).astype(self.dtype)
@@ -411,6 +412,7 @@ class AttentionModel(nn.Module):
   dense_blocks: int = 3
   compression: float = 0.5
   encoder_dropout: float = 0.2
+  scan_dense_layers: bool = False
   num_heads: int = 8
   decoder_layers: int = 3
   ffn_dim: int = 1024
@@ -423,7 +425,8 @@ class AttentionModel(nn.Module):
 
   def setup(self):
     self.encoder = Encoder(self.d_model, self.growth_rate, self.dense_layers, self.dense_blocks,
-                           self.compression, self.encoder_dropout, dtype=self.dtype)
+                           self.compression, self.encoder_dropout, self.scan_dense_layers,
+                           dtype=self.dtype)
     self.decoder = Decoder(self.num_classes, self.d_model, self.num_heads, self.decoder_layers,
                            self.ffn_dim, self.decoder_dropout, self.cross_coverage,
                            self.self_coverage, self.coverage_channels, self.coverage_kernel,
@@ -482,6 +485,7 @@ def create_attention_model(model_config, num_classes: int,
       dense_blocks=int(get("dense_blocks", 3)),
       compression=float(get("compression", 0.5)),
       encoder_dropout=float(get("encoder_dropout", 0.2)),
+      scan_dense_layers=bool(get("scan_dense_layers", False)),
       num_heads=int(get("num_heads", 8)),
       decoder_layers=int(get("decoder_layers", 3)),
       ffn_dim=int(get("ffn_dim", 1024)),

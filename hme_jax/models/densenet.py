@@ -25,7 +25,6 @@ originals let padding leak into BatchNorm statistics and pooled averages.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -120,6 +119,67 @@ def _zero_outside(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
 
 
+class ConvUnit(nn.Module):
+  """conv -> BN (content statistics) -> ReLU -> dropout -> zero the padding."""
+
+  features: int
+  kernel_size: tuple[int, int]
+  dropout_rate: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
+    pad = self.kernel_size[0] // 2
+    x = nn.Conv(self.features, self.kernel_size, padding=((pad, pad), (pad, pad)), use_bias=False,
+                dtype=self.dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init())(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
+                     epsilon=BATCH_NORM_EPSILON, dtype=self.dtype,
+                     param_dtype=jnp.float32)(x, mask=mask[..., None])
+    x = Dropout(self.dropout_rate)(nn.relu(x), deterministic=not train)
+    return _zero_outside(x, mask)
+
+
+class Bottleneck(nn.Module):
+  """A dense layer: 1x1 conv unit to ``4 * growth_rate``, 3x3 conv unit to ``growth_rate``."""
+
+  growth_rate: int
+  dropout_rate: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
+    """``[B, h, w, C]`` -> the new features ``[B, h, w, growth_rate]``."""
+    y = ConvUnit(4 * self.growth_rate, (1, 1), self.dropout_rate, self.dtype,
+                 name="bottleneck")(x, mask, train)
+    return ConvUnit(self.growth_rate, (3, 3), self.dropout_rate, self.dtype,
+                    name="conv")(y, mask, train)
+
+
+class BufferedBottleneck(nn.Module):
+  """A dense layer writing into a preallocated block buffer: the body of ``nn.scan``.
+
+  The buffer has the block's final width and zeros in the channels not yet
+  written, so the 1x1 convolution over the whole buffer equals the one over the
+  layer's input channels (the kernel rows of later channels meet zeros and get
+  no gradient). One compiled layer then serves the whole block: the HLO is 3
+  times smaller and compiles about twice as fast, for about 45% more encoder
+  FLOPs (the 1x1 convolutions run over the full width). On XLA:CPU the
+  scanned backward pass is far slower than the unrolled one (a 13x slower
+  training step; the forward pass takes about the same); accelerators are
+  unmeasured.
+  """
+
+  growth_rate: int
+  dropout_rate: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, buffer: jax.Array, offset: jax.Array, mask: jax.Array, train: bool):
+    y = Bottleneck(self.growth_rate, self.dropout_rate, self.dtype, name="layer")(
+        buffer, mask, train)
+    return jax.lax.dynamic_update_slice_in_dim(buffer, y, offset, axis=-1), None
+
+
 class DenseNet(nn.Module):
   """DenseNet-B (bottleneck + compression) as in DWAP/BTTR/CoMER; see the module docstring."""
 
@@ -128,6 +188,7 @@ class DenseNet(nn.Module):
   num_blocks: int = 3
   compression: float = 0.5       # channel fraction kept by each transition
   dropout_rate: float = 0.2
+  scan_layers: bool = False      # the same function, compiled once per block: BufferedBottleneck
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -142,39 +203,42 @@ class DenseNet(nn.Module):
       raise ValueError(
           f"DenseNet needs num_blocks, num_layers and growth_rate >= 1, got "
           f"{self.num_blocks}, {self.num_layers}, {self.growth_rate}.")
-    conv = lambda features, kernel, **kw: nn.Conv(
-        features, kernel, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=conv_kernel_init(), **kw)
-    batch_norm = lambda: nn.BatchNorm(
+    batch_norm = lambda name: nn.BatchNorm(  # noqa: E731
         use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
-        epsilon=BATCH_NORM_EPSILON, dtype=self.dtype, param_dtype=jnp.float32)
-    dropout = functools.partial(Dropout(self.dropout_rate), deterministic=not train)
-
-    def conv_unit(x, mask, features, kernel, **kw):
-      """conv -> BN (content statistics) -> ReLU -> dropout -> zero the padding."""
-      x = conv(features, kernel, **kw)(x)
-      x = nn.relu(batch_norm()(x, mask=mask[..., None]))
-      return _zero_outside(dropout(x), mask)
+        epsilon=BATCH_NORM_EPSILON, dtype=self.dtype, param_dtype=jnp.float32, name=name)
 
     x = _zero_outside(images.astype(self.dtype), pixel_mask)
     mask = downsample_mask(pixel_mask)
-    x = conv(2 * self.growth_rate, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)))(x)
-    x = _zero_outside(nn.relu(batch_norm()(x, mask=mask[..., None])), mask)
+    x = nn.Conv(2 * self.growth_rate, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
+                use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                kernel_init=conv_kernel_init(), name="stem")(x)
+    x = _zero_outside(nn.relu(batch_norm("stem_norm")(x, mask=mask[..., None])), mask)
     # Padding is zero and content is >= 0 after the ReLU, so a zero-padded
     # max-pool equals one over content only.
     x = nn.max_pool(_pad_to_even(x), (2, 2), strides=(2, 2))
     mask = downsample_mask(mask)
 
     for block in range(self.num_blocks):
-      for _ in range(self.num_layers):
-        y = conv_unit(x, mask, 4 * self.growth_rate, (1, 1))
-        y = conv_unit(y, mask, self.growth_rate, (3, 3), padding=((1, 1), (1, 1)))
-        x = jnp.concatenate([x, y], axis=-1)
+      if self.scan_layers:
+        start = x.shape[-1]
+        x = jnp.pad(x, ((0, 0),) * 3 + ((0, self.num_layers * self.growth_rate),))
+        layers = nn.scan(BufferedBottleneck, variable_axes={"params": 0, "batch_stats": 0},
+                         split_rngs={"params": True, "dropout": True},
+                         in_axes=(0, nn.broadcast, nn.broadcast), length=self.num_layers)
+        offsets = start + self.growth_rate * jnp.arange(self.num_layers)
+        x, _ = layers(self.growth_rate, self.dropout_rate, self.dtype,
+                      name=f"dense_block_{block}")(x, offsets, mask, train)
+      else:
+        for layer in range(self.num_layers):
+          y = Bottleneck(self.growth_rate, self.dropout_rate, self.dtype,
+                         name=f"dense_block_{block}_layer_{layer}")(x, mask, train)
+          x = jnp.concatenate([x, y], axis=-1)
       if block < self.num_blocks - 1:
         channels = int(math.floor(x.shape[-1] * self.compression))
-        x = conv_unit(x, mask, channels, (1, 1))
+        x = ConvUnit(channels, (1, 1), self.dropout_rate, self.dtype,
+                     name=f"transition_{block}")(x, mask, train)
         x = masked_average_pool(x, mask)
         mask = downsample_mask(mask)
 
-    x = _zero_outside(batch_norm()(x, mask=mask[..., None]), mask)
+    x = _zero_outside(batch_norm("final_norm")(x, mask=mask[..., None]), mask)
     return x, mask
