@@ -353,7 +353,7 @@ def train_dataset(config, source, vocab: Vocabulary) -> grain.MapDataset:
   shapes = _check_shapes(config)
   records = _shard_for_process(grain.MapDataset.source(source), config.dataset.max_train_samples)
   batch_size = per_process_batch_size(config.train.batch_size)
-  if config.input.sort_window:
+  if config.input.get("sort_window", 0):  # absent from configs saved before it existed
     order = sorted_batch_order(size_keys(config, records, vocab), batch_size,
                                config.train.num_epochs, config.seed, config.input.sort_window)
     dataset = grain.MapDataset.source(_Reordered(records, order)).seed(config.seed)
@@ -373,7 +373,7 @@ def eval_dataset(config, source, vocab: Vocabulary, batch_size: int | None = Non
   if max_samples is None:
     max_samples = config.dataset.max_eval_samples
   records = _shard_for_process(grain.MapDataset.source(source), max_samples)
-  if config.input.sort_window:
+  if config.input.get("sort_window", 0):  # absent from configs saved before it existed
     order = np.argsort(size_keys(config, records, vocab), kind="stable")
     records = grain.MapDataset.source(_Reordered(records, order))
   batch_size = per_process_batch_size(batch_size or config.eval.batch_size)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Trains configs/attention.py on CROHME within a wall-clock budget, then evaluates it with
-# beam search on 2014 and 2016. This is how results/crohme_attention.json was made.
+# beam search on 2014 and 2016 (results/README.md reports what it gave).
 #
 #   BUDGET=560 OUT=/tmp/out bash results/run_crohme_attention.sh
+#   EXTRA="--config.model.scan_dense_layers=true" BUDGET=... bash results/run_crohme_attention.sh
 #
 # Stage A trains 120 steps (inside the warm-up) to compile every batch shape and measure
 # the steady training throughput; stage B resumes that work dir with as many epochs as fit

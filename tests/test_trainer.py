@@ -213,3 +213,27 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, sy
   assert saved_steps(workdir) == good_steps
   for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(final_variables(workdir))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_validation_every_n_epochs_or_never_and_steady_throughput(tmp_path, synthetic_data_dir):
+  config = tiny_config(synthetic_data_dir)
+  config.train.num_epochs = 3
+  config.train.eval_every_epochs = 2
+  train_images = input_pipeline.dataset_builder(config.dataset).info.splits["train"].num_examples
+  steps_per_epoch = input_pipeline.steps_per_epoch(config, train_images)
+  result = trainer.train_and_evaluate(config, str(tmp_path / "every2"))
+  # Validated (and checkpointed with its ExpRate) after epoch 2 and at the end.
+  assert [r["epoch"] for r in result["history"]] == [2, 3]
+  assert saved_steps(str(tmp_path / "every2")) == [2 * steps_per_epoch, 3 * steps_per_epoch]
+  # Throughput from spans without a compilation; every batch shape met is listed.
+  assert result["steady_img_per_s"] > 0
+  assert result["batch_shapes"] and all(
+      shape[:2] == (config.train.batch_size, config.input.height) for shape in result["batch_shapes"])
+
+  config.train.eval_every_epochs = 0
+  config.train.num_epochs = 1
+  result = trainer.train_and_evaluate(config, str(tmp_path / "never"))
+  assert result["history"] == []
+  assert saved_steps(str(tmp_path / "never")) == [steps_per_epoch]
+  latest = evaluate.LoadedModel(str(tmp_path / "never"), checkpoint="latest")
+  assert latest.step == steps_per_epoch
