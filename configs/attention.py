@@ -15,10 +15,10 @@ Input geometry, as the published recipes: each image at its native scale
 shrunk only where it exceeds 256 x 1024 px (about 2% of the training images),
 with scale augmentation 0.7..1.3. Batches are padded to one of three canvases
 (height, width, label tokens) -- (112, 320, 40), (176, 640, 80), (256, 1024,
-128) hold 40% / 38% / 22% of the training images -- and samples are sorted by
-size within windows of 64 shuffled batches, so a batch holds images of one
-canvas: 36% of the padded pixels are image content (random batches over the
-same canvases: under 15%), and the encoder memory is at most 16 x 64. Each
+128) are the first to hold 47% / 41% / 12% of the training images -- and
+samples are sorted by size within windows of 64 shuffled batches, so a batch
+holds images of one canvas: 36% of the padded pixels are image content (random batches over the
+same canvases: 13%), and the encoder memory is at most 16 x 64. Each
 canvas is one compilation of the train step; 34 shapes of independent
 height/width/label buckets would raise the content share to 54% but take
 ten times as long to compile.
