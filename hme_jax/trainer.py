@@ -3,7 +3,8 @@
 Each epoch trains on ``config.dataset.train_split``; every
 ``config.train.eval_every_epochs`` epochs (and at the end) the model is
 validated on ``config.dataset.eval_split`` (greedy decoding: loss, ExpRate and
-token error rate) and checkpointed. The step is ``jax.jit``-compiled over a data-parallel mesh of every device.
+token error rate) and checkpointed. The step is ``jax.jit``-compiled over a
+data-parallel mesh of every device.
 Re-running with the same work dir resumes from the latest checkpoint.
 """
 
@@ -327,13 +328,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             + (f" | {int(record['train_infeasible'])} infeasible samples masked"
                if record["train_infeasible"] else ""))
         save(step, {checkpoints_lib.BEST_METRIC: val["exprate"]})
-        epoch_sums, epoch_images, epoch_start = {}, 0, time.time()
         throughput.restart()
       elif step == total_steps or (config.train.checkpoint_every_steps
                                    and step % config.train.checkpoint_every_steps == 0):
         _check_finite(float(jax.device_get(epoch_sums["loss_sum"])), step, workdir)
         save(step, None)
         throughput.restart()
+      if end_of_epoch:
+        epoch_sums, epoch_images, epoch_start = {}, 0, time.time()
   finally:
     progress.close()
     summaries.close()
