@@ -21,9 +21,12 @@ from hme_jax import ctc, decoding, models
 from hme_jax.vocab import Vocabulary
 
 
-def images_to_float(images: jax.Array) -> jax.Array:
-  """``uint8 [B, H, W, 1]`` -> float32 in [0, 1] (the models' input)."""
-  return images.astype(jnp.float32) / 255.0
+def images_to_float(images) -> jax.Array:
+  """``uint8 [B, H, W, 1]`` (or float already in [0, 1]) -> float32 in [0, 1], the models' input."""
+  images = jnp.asarray(images)
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
 
 
 def label_paddings(labels: jax.Array, label_lengths: jax.Array) -> jax.Array:

@@ -258,7 +258,8 @@ def _check_shapes(config) -> BatchShapes:
   if not shapes.canvases:
     if not height:
       raise ValueError("Native-scale images (config.input.height=0) need config.input.canvases, "
-                       "((height, width, label_length), ...) smallest first; see configs/attention.py.")
+                       "((height, width, label_length), ...) smallest first; see "
+                       "configs/attention.py.")
     buckets = shapes.bucket_widths
     if list(buckets) != sorted(buckets) or buckets[-1] < config.input.max_width:
       raise ValueError(f"config.input.bucket_widths={buckets} must be increasing and end at or "

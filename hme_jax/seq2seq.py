@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from hme_jax.families import images_to_float
 from hme_jax.models.attention import create_attention_model
 from hme_jax.vocab import Vocabulary
 
@@ -143,15 +144,8 @@ class Seq2SeqFamily:
 
   # --- plumbing ---
 
-  @staticmethod
-  def _images(batch) -> jax.Array:
-    images = jnp.asarray(batch["images"])
-    if images.dtype == jnp.uint8:
-      return images.astype(jnp.float32) / 255.0
-    return images.astype(jnp.float32)
-
   def _encode(self, variables: dict, batch):
-    return self.model.apply(variables, self._images(batch), batch["image_widths"],
+    return self.model.apply(variables, images_to_float(batch["images"]), batch["image_widths"],
                             batch.get("image_heights"), train=False, method="encode")
 
   def _log_probs(self, logits: jax.Array, start_ids: jax.Array) -> jax.Array:
@@ -175,7 +169,8 @@ class Seq2SeqFamily:
                                             self.sos_id, self.eos_id)
     # Compiled as a whole: op-by-op initialisation of this model is twice as slow.
     init = jax.jit(functools.partial(self.model.init, train=False))
-    return dict(init({"params": params_rng, "dropout": dropout_rng}, self._images(batch),
+    return dict(init({"params": params_rng, "dropout": dropout_rng},
+                     images_to_float(batch["images"]),
                      jnp.asarray(batch["image_widths"]), inputs,
                      image_heights=batch.get("image_heights"), target_mask=mask))
 
@@ -196,7 +191,7 @@ class Seq2SeqFamily:
     inputs, targets, mask = bidirectional_targets(
         jnp.asarray(batch["labels"]), jnp.asarray(batch["label_lengths"]), self.sos_id,
         self.eos_id)
-    args = (self._images(batch), batch["image_widths"], inputs)
+    args = (images_to_float(batch["images"]), batch["image_widths"], inputs)
     kwargs = dict(image_heights=batch.get("image_heights"), target_mask=mask, train=train)
     if train and extra_variables:
       logits, new_extra = self.model.apply(variables, *args, **kwargs, rngs={"dropout": rng},

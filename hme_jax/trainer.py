@@ -347,7 +347,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "batch_shapes": sorted(throughput.shapes),
             "wall_seconds": time.time() - run_start}
   _say(f"Trained to step {step} in {result['wall_seconds']:.0f} s; steady throughput "
-       + (f"{result['steady_img_per_s']:.0f} img/s" if result["steady_img_per_s"] else "not measured")
+       + (f"{result['steady_img_per_s']:.0f} img/s" if result["steady_img_per_s"]
+          else "not measured")
        + f" ({len(throughput.shapes)} batch shapes compiled).")
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:

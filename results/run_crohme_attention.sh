@@ -49,10 +49,10 @@ common=(--config configs/attention.py --workdir "$WORKDIR"
 timeout $(( $(left) - EVAL_SECONDS - 60 )) "$PY" train.py "${common[@]}" \
     --config.train.max_steps="$STAGE_A_STEPS" 2>&1 | tee "$OUT/train_a.log"
 cp "$WORKDIR/metrics.json" "$OUT/metrics_a.json"
-rate=$("$PY" -c "import json; print(json.load(open('$WORKDIR/metrics.json'))['steady_img_per_s'] or 0)" || echo 0)
+read -r rate batch < <("$PY" -c "import json; m = json.load(open('$WORKDIR/metrics.json'))
+print(m['steady_img_per_s'] or 0, m['batch_shapes'][0][0])" || echo 0 32)
 # Stage B: as many epochs as the time left allows (60 s for start-up and saving).
 train_seconds=$(( $(left) - EVAL_SECONDS - 60 ))
-batch=$("$PY" -c "import json; print(json.load(open('$WORKDIR/metrics.json'))['batch_shapes'][0][0])" || echo 32)
 epochs=$("$PY" -c "print(max(1, int(($train_seconds * $rate + $STAGE_A_STEPS * $batch) / $TRAIN_IMAGES)))")
 echo "stage A: ${rate} img/s steady; stage B: ${epochs} epochs in ~${train_seconds} s" | tee -a "$OUT/train_a.log"
 timeout $(( $(left) - EVAL_SECONDS + 20 )) "$PY" train.py "${common[@]}" \

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from hme_jax import seq2seq
+from hme_jax import families, seq2seq
 from hme_jax.seq2seq import LEFT_TO_RIGHT, RIGHT_TO_LEFT
 from hme_jax.vocab import Vocabulary
 
@@ -137,7 +137,7 @@ def test_loss_counts_real_samples_and_tokens(family, variables, batch):
   inputs, targets, mask = seq2seq.bidirectional_targets(
       jnp.asarray(batch["labels"]), jnp.asarray(batch["label_lengths"]), family.sos_id,
       family.eos_id)
-  logits = jax.jit(family.model.apply)(variables, family._images(batch), batch["image_widths"],
+  logits = jax.jit(family.model.apply)(variables, families.images_to_float(batch["images"]), batch["image_widths"],
                                        inputs)
   nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
   per_sample = [float(jnp.sum(nll[i] * mask[i]) / jnp.sum(mask[i])) for i in range(2)]

@@ -119,7 +119,8 @@ class Encoder(nn.Module):
     features, mask = densenet.DenseNet(
         growth_rate=self.growth_rate, num_layers=self.num_layers, num_blocks=self.num_blocks,
         compression=self.compression, dropout_rate=self.dropout_rate,
-        scan_layers=self.scan_layers, dtype=self.dtype, name="densenet")(images, pixel_mask, train=train)
+        scan_layers=self.scan_layers, dtype=self.dtype,
+        name="densenet")(images, pixel_mask, train=train)
     x = nn.Dense(self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
                  name="feature_projection")(features)
     x = x + sinusoid_2d(mask, self.d_model).astype(self.dtype)
