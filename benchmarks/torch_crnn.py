@@ -315,21 +315,15 @@ def copy_to_flax(torch_model: TorchCRNN, variables, model_config) -> dict:
                             "bias": state["feature_norm.bias"]}
   batch_stats["feature_norm"] = {"mean": state["feature_norm.running_mean"],
                                  "var": state["feature_norm.running_var"]}
-  hidden = torch_model.lstm.hidden_size
   sequence = dict(params["sequence"])
   for layer in range(torch_model.lstm.num_layers):
-    directions = {}
-    for direction, suffix in (("forward_rnn", ""), ("backward_rnn", "_reverse")):
-      w_ih = state[f"lstm.weight_ih_l{layer}{suffix}"]
-      w_hh = state[f"lstm.weight_hh_l{layer}{suffix}"]
-      bias = state[f"lstm.bias_ih_l{layer}{suffix}"] + state[f"lstm.bias_hh_l{layer}{suffix}"]
-      cell = {}
-      for gate, name in enumerate("ifgo"):  # torch's gate order
-        rows = slice(gate * hidden, (gate + 1) * hidden)
-        cell[f"i{name}"] = {"kernel": np.ascontiguousarray(w_ih[rows].T)}
-        cell[f"h{name}"] = {"kernel": np.ascontiguousarray(w_hh[rows].T), "bias": bias[rows]}
-      directions[direction] = {"cell": cell}
-    sequence[f"lstm{layer}"] = directions
+    suffixes = ("", "_reverse")  # forward, backward: hme_jax's direction axis
+    sequence[f"lstm{layer}"] = {
+        "input_kernel": np.stack([state[f"lstm.weight_ih_l{layer}{s}"].T for s in suffixes], 1),
+        "recurrent_kernel": np.stack([state[f"lstm.weight_hh_l{layer}{s}"].T for s in suffixes]),
+        "bias": np.stack([state[f"lstm.bias_ih_l{layer}{s}"] + state[f"lstm.bias_hh_l{layer}{s}"]
+                          for s in suffixes]),
+    }
   sequence["classifier"] = {"kernel": np.ascontiguousarray(state["classifier.weight"].T),
                             "bias": state["classifier.bias"]}
   params["sequence"] = sequence

@@ -5,7 +5,9 @@
   python benchmarks/train_throughput.py --config configs/attention.py --height 176 --width 640 \
       --label_length 80 --torch=false       # one canvas; no PyTorch twin for this family
 
-Also prints the seconds to initialise the model and to compile the step (on an
+Also prints GFLOP/s (XLA's cost analysis of the compiled step over its time;
+``--config.model.conv_gradient=xla`` vs ``matmul`` compares the convolution
+gradients), and the seconds to initialise the model and to compile the step (on an
 accelerator, XLA's autotuning is part of that: ``XLA_FLAGS=--xla_gpu_autotune_level=0``
 trades it for heuristics).
 
@@ -38,6 +40,10 @@ flags.DEFINE_integer("steps", 20, "Timed steps (after 3 warm-up steps).")
 flags.DEFINE_integer("batch_size", 0, "Global batch size (default: the config's).")
 flags.DEFINE_integer("num_classes", 110, "Vocabulary size (110 = CROHME with the blank).")
 flags.DEFINE_bool("torch", True, "Also time the PyTorch twin.")
+flags.DEFINE_integer("data_batches", 0, "If > 0: time the step on this many real batches of the "
+                     "config's training data (read into memory first, every shape compiled "
+                     "before timing): the step-only rate to compare with the trainer's "
+                     "end-to-end img/s.")
 
 
 def random_batch(batch_size, height, width, label_length, num_classes, width_downsample):
@@ -53,8 +59,19 @@ def random_batch(batch_size, height, width, label_length, num_classes, width_dow
           "label_lengths": label_lengths, "sample_mask": np.ones(batch_size, np.float32)}
 
 
-def time_jax(config, batch, steps):
-  vocab = Vocabulary(tuple(f"t{i}" for i in range(FLAGS.num_classes - 1)))
+def real_batches(config, count):
+  """The first ``count`` training batches of the config's dataset, and its vocabulary."""
+  from hme_jax import input_pipeline
+  builder = input_pipeline.dataset_builder(config.dataset)
+  vocab = input_pipeline.load_vocabulary(builder)
+  dataset = input_pipeline.train_dataset(
+      config, input_pipeline.data_source(builder, config.dataset.train_split), vocab)
+  return [{k: v for k, v in dataset[i].items() if k != "ids"} for i in range(count)], vocab
+
+
+def time_jax(config, batch, steps, batches=None, vocab=None):
+  """Seconds per step on ``batch`` (or per batch of ``batches``, cycling) and step FLOPs."""
+  vocab = vocab or Vocabulary(tuple(f"t{i}" for i in range(FLAGS.num_classes - 1)))
   family = families.create_family(config, vocab, evaluation.to_jnp_dtype(config.train.compute_dtype))
   mesh = evaluation.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -65,18 +82,28 @@ def time_jax(config, batch, steps):
   print(f"JAX initialisation: {time.perf_counter() - start:.1f} s", flush=True)
   step = jax.jit(lambda s, b: trainer.train_step(family, optimizer, s, b, jax.random.PRNGKey(1)),
                  donate_argnums=0)
-  device_batch = evaluation.shard_batch(batch, mesh)
+  device_batches = [evaluation.shard_batch(b, mesh) for b in (batches or [batch])]
+  shapes = {}
   start = time.perf_counter()
-  step = step.lower(state, device_batch).compile()
-  print(f"JAX step compilation: {time.perf_counter() - start:.1f} s", flush=True)
-  for _ in range(3):
-    state, sums = step(state, device_batch)
+  for device_batch in device_batches:
+    key = tuple(device_batch["images"].shape) + tuple(device_batch["labels"].shape)
+    if key not in shapes:
+      shapes[key] = step.lower(state, device_batch).compile()
+  print(f"JAX step compilation: {time.perf_counter() - start:.1f} s ({len(shapes)} shapes)",
+        flush=True)
+  compiled = [shapes[tuple(b["images"].shape) + tuple(b["labels"].shape)] for b in device_batches]
+  costs = [c.cost_analysis() for c in compiled]
+  flops = sum(float(((c[0] if isinstance(c, (list, tuple)) else c) or {}).get("flops", 0.0))
+              for c in costs) / len(costs)  # a list in older JAX
+  for index in range(3):
+    state, sums = compiled[index % len(compiled)](state, device_batches[index % len(compiled)])
   jax.block_until_ready(sums)
+  steps = max(steps, len(compiled)) if batches else steps
   start = time.perf_counter()
-  for _ in range(steps):
-    state, sums = step(state, device_batch)
+  for index in range(steps):
+    state, sums = compiled[index % len(compiled)](state, device_batches[index % len(compiled)])
   jax.block_until_ready(sums)
-  return (time.perf_counter() - start) / steps
+  return (time.perf_counter() - start) / steps, flops
 
 
 def time_torch(config, batch, steps):
@@ -113,9 +140,17 @@ def main(argv):
   print(f"config: {config.model.name}/{config.model.backbone}, batch {batch_size} x "
         f"{height}x{FLAGS.width}, labels {FLAGS.label_length}, compute "
         f"{config.train.compute_dtype}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
-  jax_seconds = time_jax(config, batch, FLAGS.steps)
+  batches = vocab = None
+  if FLAGS.data_batches:
+    batches, vocab = real_batches(config, FLAGS.data_batches)
+    batch = batches[0]
+    print(f"{len(batches)} real batches of {config.dataset.name}/{config.dataset.train_split}, "
+          f"shapes {sorted({b['images'].shape[1:3] for b in batches})}", flush=True)
+  jax_seconds, step_flops = time_jax(config, batch, FLAGS.steps, batches, vocab)
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
-  print(f"JAX     ({device}): {batch_size / jax_seconds:9.1f} img/s  {1e3 * jax_seconds:8.1f} ms/step")
+  print(f"JAX     ({device}): {batch_size / jax_seconds:9.1f} img/s  {1e3 * jax_seconds:8.1f} ms/step"
+        f"  {step_flops / jax_seconds / 1e9:6.1f} GFLOP/s ({step_flops / batch_size / 1e9:.2f} "
+        "GFLOP per image, XLA cost analysis)")
   if FLAGS.torch:
     torch_seconds, torch_device = time_torch(config, batch, FLAGS.steps)
     print(f"PyTorch ({torch_device}): {batch_size / torch_seconds:9.1f} img/s  "

@@ -31,8 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.input.canvases = ()                # ((height, width, label_length), ...) batch shapes,
                                             # nested, smallest first; replaces bucket_widths (and
                                             # is needed for native scale): see input_pipeline.BatchShapes
-  config.input.sort_window = 0              # >0: batch samples of like size (sorted within windows
+  config.input.sort_window = 16             # >0: batch samples of like size (sorted within windows
                                             # of this many shuffled batches); eval in size order
+  config.input.cache_in_memory = True       # decode and crop every image once per run
   config.input.worker_count = 0             # grain worker processes (0 = in the main process)
   config.input.prefetch = 2                 # batches prefetched per worker
 
@@ -63,6 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.small_channels = (32, 64, 128)  # only for backbone="small"
   config.model.pretrained_path = ""         # local torchvision vgg16-*.pth / resnet18-*.pth
   config.model.freeze_stages = 0            # ResNet: number of early stages frozen
+  config.model.conv_gradient = "auto"       # "auto" (= "matmul" on CPU, "xla" elsewhere) |
+                                            # "matmul" | "xla": see hme_jax/models/conv.py
 
   # --- optimisation ----------------------------------------------------------
   config.train = ml_collections.ConfigDict()
@@ -83,7 +86,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every_steps = 0   # 0 = only when validating
   config.train.keep_checkpoints = 3         # the latest K; the best by ExpRate is kept too
   config.train.max_steps = 0                # >0 stops early (smoke runs)
+  config.train.max_seconds = 0              # >0: training wall-time budget of the work dir
+                                            # (summed over resumes); validates and saves at it
   config.train.progress_bar = True
+  config.train.compilation_cache_dir = "~/.cache/hme_jax/jax"  # JAX's persistent cache of
+                                            # compiled programs, shared by resumed runs and
+                                            # evaluate/predict; "" = off
 
   # --- evaluation ------------------------------------------------------------
   config.eval = ml_collections.ConfigDict()

@@ -22,7 +22,7 @@ def use_synthetic_data(config: ml_collections.ConfigDict) -> ml_collections.Conf
   config.input.max_width = 384
   config.input.bucket_widths = (64, 128, 192, 256, 384)  # multiples of 16 for the attention encoder
   config.input.canvases = ()
-  config.input.sort_window = 0
+  config.input.sort_window = 16
 
   config.augment.rotation_degrees = 2.0
   config.augment.elastic_alpha = 2.0

@@ -1,6 +1,6 @@
 """Evaluates a trained work dir on test splits.
 
-  python -m hme_jax.evaluate --workdir DIR [--checkpoint best|latest|STEP]
+  python -m hme_jax.evaluate [--workdir DIR] [--checkpoint best|latest|STEP]
       [--splits 2014,2016,2019] [--decoder greedy|beam] [--beam_width 10]
 
 Restores the Orbax checkpoint with the config and vocabulary saved in it,
@@ -24,31 +24,8 @@ from absl import app, flags, logging
 
 from hme_jax import checkpoints as checkpoints_lib
 from hme_jax import evaluation, families, input_pipeline, metrics
-
-
-class LoadedModel:
-  """A restored model: config, vocabulary, family and variables of one checkpoint."""
-
-  def __init__(self, workdir: str, checkpoint: str | int = "best", compute_dtype: str | None = None):
-    self.workdir = os.path.abspath(os.path.expanduser(workdir))
-    if not os.path.isdir(self.workdir):
-      raise checkpoints_lib.NoCheckpointError(f"The work dir {workdir!r} does not exist.")
-    checkpoints = checkpoints_lib.Checkpoints(self.workdir, read_only=True)
-    self.step = checkpoints.resolve(checkpoint)
-    self.config, self.vocab = checkpoints.config_and_vocab(self.step)
-    dtype = evaluation.to_jnp_dtype(compute_dtype or self.config.train.compute_dtype)
-    self.family = families.create_family(self.config, self.vocab, dtype)
-    self.mesh = evaluation.make_mesh()
-    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    abstract = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
-        jax.eval_shape(self.family.init, jax.random.PRNGKey(0),
-                       input_pipeline.dummy_batch(self.config, 1)))
-    self.variables = checkpoints.restore_variables(self.step, abstract)
-    checkpoints.close()
-
-  def decode(self, batches, **kwargs):
-    return evaluation.decode_batches(self.family, self.variables, batches, self.mesh, **kwargs)
+from hme_jax import saved_model
+from hme_jax.saved_model import LoadedModel
 
 
 def evaluate(workdir: str, *, checkpoint: str = "best", splits: list[str] | None = None,
@@ -68,7 +45,9 @@ def evaluate(workdir: str, *, checkpoint: str = "best", splits: list[str] | None
   if not splits:
     splits = [s for s in config.dataset.test_splits if s in available]
   batch_size = evaluation.eval_batch_size(batch_size or config.eval.batch_size)
-  output_dir = output_dir or os.path.join(model.workdir, "eval")
+  if not output_dir:  # an exported model's directory may be inside the installed package
+    output_dir = (os.path.join("eval", os.path.basename(model.workdir))
+                  if saved_model.is_export(model.workdir) else os.path.join(model.workdir, "eval"))
   os.makedirs(output_dir, exist_ok=True)
   tag = f"{checkpoint}_{decoder}" + ("_wellformed" if well_formed else "")
 
@@ -133,7 +112,8 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-  flags.DEFINE_string("workdir", None, "Work dir of a trained model.", required=True)
+  flags.DEFINE_string("workdir", "", "Work dir or exported model directory of a trained "
+                      "model; default: the model shipped in the package.")
   flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
   flags.DEFINE_list("splits", [], "Splits to evaluate (default: the config's test splits present).")
   flags.DEFINE_enum("decoder", "greedy", ["greedy", "beam"], "Decoder.")
@@ -141,7 +121,8 @@ def _define_flags():
   flags.DEFINE_bool("well_formed", False, "Constrain the beam to well-formed LaTeX.")
   flags.DEFINE_integer("batch_size", 0, "Batch size (default: the config's eval batch size).")
   flags.DEFINE_integer("max_samples", 0, "Evaluate only the first N samples of each split.")
-  flags.DEFINE_string("output_dir", "", "Where the report and TSVs go (default: WORKDIR/eval).")
+  flags.DEFINE_string("output_dir", "", "Where the report and TSVs go (default: WORKDIR/eval; "
+                      "eval/NAME for an exported model).")
   flags.DEFINE_string("data_dir", "", "TFDS data dir (default: the one in the saved config).")
   flags.DEFINE_string("manual_dir", "", "Where data.zip lies, if the dataset must be prepared.")
 
@@ -150,7 +131,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   try:
-    evaluate(FLAGS.workdir, checkpoint=FLAGS.checkpoint, splits=FLAGS.splits,
+    evaluate(FLAGS.workdir or saved_model.pretrained_path(), checkpoint=FLAGS.checkpoint,
+             splits=FLAGS.splits,
              decoder=FLAGS.decoder, beam_width=FLAGS.beam_width, well_formed=FLAGS.well_formed,
              batch_size=FLAGS.batch_size, max_samples=FLAGS.max_samples,
              output_dir=FLAGS.output_dir, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir)

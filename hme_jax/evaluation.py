@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Iterable
 
 import jax
@@ -130,3 +131,15 @@ def to_jnp_dtype(name: str):
   if name == "auto":
     return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
   return jnp.dtype(name)
+
+
+def use_compilation_cache(directory: str) -> None:
+  """Turns on JAX's persistent compilation cache in ``directory`` (``""``: leaves it off).
+
+  A resumed run, or an evaluation after training, then loads the programs an
+  earlier process compiled instead of compiling them again (minutes for the
+  attention model's batch shapes on CPU).
+  """
+  if directory:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

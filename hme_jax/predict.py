@@ -1,5 +1,6 @@
 """Reads LaTeX off images people actually have.
 
+  python -m hme_jax.predict IMAGE...                  # the model shipped in the package
   python -m hme_jax.predict --workdir DIR IMAGE... [--json] [--render out.png]
 
 PNG/JPEG/BMP (anything Pillow decodes), any size, colour or greyscale, dark
@@ -20,8 +21,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from hme_jax import evaluate as evaluate_lib
-from hme_jax import input_pipeline, preprocessing
+from hme_jax import input_pipeline, preprocessing, saved_model
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -71,11 +71,22 @@ def load_image(data, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     raise ImageError(f"The image cannot be decoded: {error}") from None
 
 
+class NoInkError(ImageError):
+  """The image holds no ink to read (blank, or a single faint pixel)."""
+
+
 def prepare_image(gray: np.ndarray, input_config) -> np.ndarray:
-  """Greyscale ``uint8 [H, W]`` of either polarity -> the model's ``uint8 [h, w]``."""
+  """Greyscale ``uint8 [H, W]`` of either polarity -> the model's ``uint8 [h, w]``.
+
+  Raises:
+    NoInkError: nothing in the image is darker (or lighter) than the paper.
+  """
   image = preprocessing.to_white_on_black(gray)
-  image = preprocessing.crop_to_ink(image)
-  return preprocessing.fit_image(image, input_config)
+  cropped = preprocessing.crop_to_ink(image)
+  if cropped.shape == image.shape and not (image > preprocessing.INK_THRESHOLD).any():
+    raise NoInkError(f"The image ({gray.shape[1]}x{gray.shape[0]} px) has no ink to read: every "
+                     "pixel is the paper's colour. Write or draw the formula and try again.")
+  return preprocessing.fit_image(cropped, input_config)
 
 
 @dataclasses.dataclass
@@ -86,42 +97,83 @@ class Recognition:
 
 
 class Recognizer:
-  """A trained model ready to read images; load once, call ``recognize`` many times.
+  """A trained model ready to read images; load once, call many times.
 
-  Not thread-safe: serialise calls (the web app queues them).
+    recognizer = Recognizer.pretrained()        # the model shipped in the package
+    recognizer("formula.png")                   # -> "x ^ { 2 } + 1"
+    recognizer(["a.png", "b.jpg", pil_image])   # -> a list, read in batches
+
+  ``decoder``, ``beam_width`` and ``well_formed`` default to the model's own
+  ``config.eval`` (the shipped model's were chosen by measurement). Not
+  thread-safe: serialise calls (the web app queues them).
   """
 
-  def __init__(self, model: evaluate_lib.LoadedModel, decoder: str = "beam",
-               beam_width: int = 10):
+  def __init__(self, model: saved_model.LoadedModel, decoder: str | None = None,
+               beam_width: int | None = None, well_formed: bool | None = None):
     self.model = model
-    self.decoder = decoder
-    self.beam_width = beam_width
+    evaluation_config = model.config.eval
+    self.decoder = decoder or evaluation_config.decoder
+    self.beam_width = beam_width or evaluation_config.beam_width
+    self.well_formed = (evaluation_config.get("well_formed", False) if well_formed is None
+                        else well_formed)
+    self.batch_size = max(int(evaluation_config.batch_size), 1)
     self.input_config = model.config.input
 
   @classmethod
-  def from_workdir(cls, workdir: str, *, checkpoint: str = "best", decoder: str = "beam",
-                   beam_width: int = 10) -> "Recognizer":
-    return cls(evaluate_lib.LoadedModel(workdir, checkpoint), decoder, beam_width)
+  def from_workdir(cls, workdir: str, *, checkpoint: str = "best", decoder: str | None = None,
+                   beam_width: int | None = None,
+                   well_formed: bool | None = None) -> "Recognizer":
+    """A work dir's checkpoint, or an exported model directory (``hme_jax.saved_model``)."""
+    return cls(saved_model.LoadedModel(workdir, checkpoint), decoder, beam_width, well_formed)
+
+  @classmethod
+  def pretrained(cls, name: str = saved_model.PRETRAINED_NAME, **kwargs) -> "Recognizer":
+    """The model shipped in the package (trained on CROHME; research use, as the data)."""
+    return cls.from_workdir(saved_model.pretrained_path(name), **kwargs)
+
+  def __call__(self, images):
+    """One image (path, bytes, PIL image or array) -> its LaTeX; a list -> a list of LaTeX."""
+    if isinstance(images, (list, tuple)):
+      return [r.latex for r in self.recognize([load_image(image) for image in images])]
+    return self.recognize([load_image(images)])[0].latex
 
   def recognize(self, images: list[np.ndarray]) -> list[Recognition]:
-    """Greyscale ``uint8 [H, W]`` images (any polarity) -> one Recognition each."""
-    if not images:
-      return []
-    examples = [{"image": prepare_image(image, self.input_config), "labels": np.zeros(0, np.int32),
-                 "id": str(index), "ctc_feasible": True} for index, image in enumerate(images)]
-    # Few distinct batch sizes keep the number of compilations small.
+    """Greyscale ``uint8 [H, W]`` images (any polarity) -> one Recognition each.
+
+    Read in batches of ``config.eval.batch_size``, so a long list streams.
+
+    Raises:
+      NoInkError: an image is blank (the message gives its position in the list).
+    """
+    results = []
+    for start in range(0, len(images), self.batch_size):
+      results += self._recognize_batch(images[start:start + self.batch_size], start)
+    return results
+
+  def _recognize_batch(self, images: list[np.ndarray], offset: int) -> list[Recognition]:
+    examples = []
+    for index, image in enumerate(images):
+      try:
+        prepared = prepare_image(image, self.input_config)
+      except NoInkError as error:
+        raise NoInkError(f"Image {offset + index}: {error}" if offset or len(images) > 1
+                         else str(error)) from None
+      examples.append({"image": prepared, "labels": np.zeros(0, np.int32),
+                       "id": str(index), "ctc_feasible": True})
+    # Power-of-two batch sizes keep the number of compilations small.
     batch_size = 1 << (len(examples) - 1).bit_length()
     batch_size = max(batch_size, len(self.model.mesh.devices.flat))
     batch = input_pipeline.PadBatch(batch_size, input_pipeline.BatchShapes.from_config(
         self.input_config))(examples)
     predictions, _ = self.model.decode([batch], decoder=self.decoder, beam_width=self.beam_width,
+                                       well_formed=self.well_formed,
                                        num_alternatives=self.beam_width)
     results = []
     for prediction in predictions:
+      latex = " ".join(prediction.prediction)
       alternatives = [(" ".join(tokens), score) for tokens, score in prediction.alternatives or []
                       if np.isfinite(score)]
-      results.append(Recognition(latex=" ".join(prediction.prediction),
-                                 alternatives=alternatives or [(" ".join(prediction.prediction), 0.0)],
+      results.append(Recognition(latex=latex, alternatives=alternatives or [(latex, 0.0)],
                                  tokens=prediction.prediction))
     return results
 
@@ -158,18 +210,22 @@ def main(argv=None) -> int:
   import argparse
   parser = argparse.ArgumentParser(prog="python -m hme_jax.predict", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True, help="Work dir of a trained model.")
+  parser.add_argument("--workdir", default="",
+                      help="Work dir (or exported model) of a trained model; default: the model "
+                      "shipped in the package.")
   parser.add_argument("--checkpoint", default="best", help="best | latest | a step number.")
-  parser.add_argument("--decoder", default="beam", choices=("greedy", "beam"))
-  parser.add_argument("--beam_width", type=int, default=10)
+  parser.add_argument("--decoder", default=None, choices=("greedy", "beam"),
+                      help="Default: the model's config.eval.decoder.")
+  parser.add_argument("--beam_width", type=int, default=None)
   parser.add_argument("--json", action="store_true", help="Print JSON instead of LaTeX lines.")
   parser.add_argument("--render", default="", help="Write a PNG of inputs beside predictions.")
   parser.add_argument("images", nargs="+", help="Image files.")
   args = parser.parse_args(argv)
 
   try:
-    recognizer = Recognizer.from_workdir(args.workdir, checkpoint=args.checkpoint,
-                                         decoder=args.decoder, beam_width=args.beam_width)
+    recognizer = Recognizer.from_workdir(args.workdir or saved_model.pretrained_path(),
+                                         checkpoint=args.checkpoint, decoder=args.decoder,
+                                         beam_width=args.beam_width)
   except FileNotFoundError as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
@@ -178,7 +234,9 @@ def main(argv=None) -> int:
   for path in args.images:
     try:
       loaded[path] = load_image(path)
+      prepare_image(loaded[path], recognizer.input_config)  # a blank image is this file's error
     except (ImageError, OSError) as error:
+      loaded.pop(path, None)
       errors[path] = str(error)
       print(f"{path}: error: {error}", file=sys.stderr)
   recognitions = dict(zip(loaded, recognizer.recognize(list(loaded.values()))))

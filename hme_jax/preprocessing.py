@@ -10,8 +10,9 @@ the same geometry everywhere: either every image scaled to one height
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 INK_THRESHOLD = 32  # a pixel is ink above this grey level (after polarity fix)
 
@@ -42,19 +43,37 @@ def crop_to_ink(image: np.ndarray, margin: int = 2) -> np.ndarray:
   return image[top:bottom, left:right]
 
 
+def height_fit_shape(shape: tuple[int, int], height: int, max_width: int) -> tuple[int, int]:
+  """The ``(height, width)`` that ``fit_to_height`` gives an ``[h, w]`` image."""
+  h, w = shape
+  return height, int(np.clip(round(w * height / max(h, 1)), 1, max_width))
+
+
 def fit_to_height(image: np.ndarray, height: int, max_width: int) -> np.ndarray:
   """Resizes to ``height`` keeping the aspect ratio; wider results are squeezed to ``max_width``.
 
   Returns ``uint8 [height, w]`` with ``1 <= w <= max_width``.
   """
-  h, w = image.shape
-  width = int(np.clip(round(w * height / max(h, 1)), 1, max_width))
-  if (h, w) == (height, width):
+  return _resize(image, height_fit_shape(image.shape, height, max_width))
+
+
+def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+  if image.shape == tuple(shape):
     return image
-  return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+  return np.asarray(Image.fromarray(image).resize(shape[::-1], Image.Resampling.BILINEAR))
 
 
 MIN_NATIVE_SIZE = 16  # native-scale images are enlarged to at least this many pixels a side
+
+
+def native_fit_shape(shape: tuple[int, int], max_height: int, max_width: int,
+                     min_size: int = MIN_NATIVE_SIZE) -> tuple[int, int]:
+  """The ``(height, width)`` that ``fit_within`` gives an ``[h, w]`` image."""
+  h, w = shape
+  scale = min(1.0, max_height / h, max_width / w)
+  scale = max(scale, min(max(min_size / h, min_size / w), max_height / h, max_width / w))
+  return (int(np.clip(round(h * scale), 1, max_height)),
+          int(np.clip(round(w * scale), 1, max_width)))
 
 
 def fit_within(image: np.ndarray, max_height: int, max_width: int,
@@ -65,87 +84,80 @@ def fit_within(image: np.ndarray, max_height: int, max_width: int,
   encoder needs a few pixels to see anything). Returns ``uint8 [h, w]`` with
   ``h <= max_height`` and ``w <= max_width``.
   """
-  h, w = image.shape
-  scale = min(1.0, max_height / h, max_width / w)
-  scale = max(scale, min(max(min_size / h, min_size / w), max_height / h, max_width / w))
-  height = int(np.clip(round(h * scale), 1, max_height))
-  width = int(np.clip(round(w * scale), 1, max_width))
-  if (h, w) == (height, width):
-    return image
-  return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+  return _resize(image, native_fit_shape(image.shape, max_height, max_width, min_size))
+
+
+def fit_shape(shape: tuple[int, int], input_config) -> tuple[int, int]:
+  """The ``(height, width)`` that ``fit_image`` gives an image of ``shape``."""
+  if input_config.height:
+    return height_fit_shape(shape, input_config.height, input_config.max_width)
+  return native_fit_shape(shape, input_config.max_height, input_config.max_width)
 
 
 def fit_image(image: np.ndarray, input_config) -> np.ndarray:
   """The model's input geometry of ``config.input`` (see the module docstring)."""
-  if input_config.height:
-    return fit_to_height(image, input_config.height, input_config.max_width)
-  return fit_within(image, input_config.max_height, input_config.max_width)
+  return _resize(image, fit_shape(image.shape, input_config))
 
 
 # --- augmentation (training only) -------------------------------------------
+# OpenCV does the pixel work: one ``cv2.remap`` applies the affine map and the
+# elastic field together (a fraction of a millisecond per CROHME image).
 
 
-def random_affine(image: np.ndarray, rng: np.random.Generator, rotation_degrees: float,
-                  scale: float, shear: float) -> np.ndarray:
-  """Small rotation, scale and shear; the canvas grows so no ink is cut."""
+def random_affine_matrix(shape: tuple[int, int], rng: np.random.Generator,
+                         rotation_degrees: float, scale: float,
+                         shear: float) -> tuple[np.ndarray, tuple[int, int]]:
+  """A small rotation, scale and shear of an ``[H, W]`` image, on a canvas that cuts no ink.
+
+  Returns ``(inverse [2, 3], (out_height, out_width))``: output pixel ``(x, y)``
+  samples the input at ``inverse @ (x, y, 1)``.
+  """
   angle = np.deg2rad(rng.uniform(-rotation_degrees, rotation_degrees))
   zoom = rng.uniform(1.0 - scale, 1.0 + scale)
   skew = rng.uniform(-shear, shear)
-  # Forward map: output = A @ input.
   rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-  forward = zoom * rotation @ np.array([[1.0, skew], [0.0, 1.0]])
-  h, w = image.shape
+  forward = zoom * rotation @ np.array([[1.0, skew], [0.0, 1.0]])  # output = A @ input
+  h, w = shape
   corners = np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float64) @ forward.T
   low, high = corners.min(axis=0), corners.max(axis=0)
-  out_w, out_h = (np.ceil(high - low).astype(int)).clip(1)
-  # PIL wants the inverse map: input = B @ output + offset.
+  out_w, out_h = np.ceil(high - low).astype(int).clip(1)
   inverse = np.linalg.inv(forward)
-  offset = inverse @ low
-  coefficients = (inverse[0, 0], inverse[0, 1], offset[0], inverse[1, 0], inverse[1, 1], offset[1])
-  return np.asarray(Image.fromarray(image).transform(
-      (int(out_w), int(out_h)), Image.Transform.AFFINE, coefficients,
-      resample=Image.Resampling.BILINEAR, fillcolor=0))
+  return np.concatenate([inverse, (inverse @ low)[:, None]], axis=1), (int(out_h), int(out_w))
 
 
-def elastic_distortion(image: np.ndarray, rng: np.random.Generator, alpha: float,
-                       sigma: float) -> np.ndarray:
-  """Simard-style elastic distortion: a smooth random displacement field.
+def elastic_field(shape: tuple[int, int], rng: np.random.Generator, alpha: float,
+                  sigma: float) -> np.ndarray:
+  """Simard-style smooth displacement ``[2, H, W]`` float32 (x, y), at most ``alpha`` pixels.
 
-  The field is drawn on a coarse grid (one point per ``sigma`` pixels) and
-  upsampled bilinearly, which smooths it like a Gaussian of width ~``sigma``
-  at a fraction of the cost. ``alpha`` is the largest displacement in pixels.
+  Drawn on a coarse grid (one point per ``sigma`` pixels) and upsampled
+  bilinearly, which smooths it like a Gaussian of width ~``sigma``.
   """
-  h, w = image.shape
-  grid_h, grid_w = max(2, int(h / sigma) + 2), max(2, int(w / sigma) + 2)
-
-  def field():
-    coarse = rng.uniform(-alpha, alpha, (grid_h, grid_w)).astype(np.float32)
-    return np.asarray(Image.fromarray(coarse, mode="F").resize((w, h), Image.Resampling.BILINEAR))
-
-  ys, xs = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32),
-                       indexing="ij")
-  return bilinear_sample(image, ys + field(), xs + field())
+  h, w = shape
+  grid = (max(2, int(h / sigma) + 2), max(2, int(w / sigma) + 2))
+  coarse = rng.uniform(-alpha, alpha, (2, *grid)).astype(np.float32)
+  return np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in coarse])
 
 
-def bilinear_sample(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-  """Samples ``uint8 [H, W]`` at float coordinates; outside is background (0)."""
-  h, w = image.shape
-  padded = np.pad(image.astype(np.float32), 1)  # a ring of background
-  ys = np.clip(ys + 1, 0, h + 1 - 1e-3)
-  xs = np.clip(xs + 1, 0, w + 1 - 1e-3)
-  y0, x0 = np.floor(ys).astype(np.int32), np.floor(xs).astype(np.int32)
-  y1, x1 = np.minimum(y0 + 1, h + 1), np.minimum(x0 + 1, w + 1)
-  fy, fx = ys - y0, xs - x0
-  top = padded[y0, x0] * (1 - fx) + padded[y0, x1] * fx
-  bottom = padded[y1, x0] * (1 - fx) + padded[y1, x1] * fx
-  return np.clip(top * (1 - fy) + bottom * fy + 0.5, 0, 255).astype(np.uint8)
+def warp(image: np.ndarray, rng: np.random.Generator, augment_config) -> np.ndarray:
+  """The affine map and elastic distortion of ``config.augment`` in one bilinear resampling."""
+  cfg = augment_config
+  inverse, (out_h, out_w) = random_affine_matrix(image.shape, rng, cfg.rotation_degrees,
+                                                 cfg.scale, cfg.shear)
+  inverse = inverse.astype(np.float32)
+  xs, ys = np.meshgrid(np.arange(out_w, dtype=np.float32), np.arange(out_h, dtype=np.float32))
+  if cfg.elastic_alpha > 0:
+    field = elastic_field((out_h, out_w), rng, cfg.elastic_alpha, cfg.elastic_sigma)
+    xs, ys = xs + field[0], ys + field[1]
+  map_x = inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2]
+  map_y = inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]
+  return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR,
+                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def change_stroke_width(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Thickens (max filter) or thins (min filter) white strokes by about a pixel."""
-  size = 3
-  ink_filter = ImageFilter.MaxFilter(size) if rng.random() < 0.5 else ImageFilter.MinFilter(size)
-  result = np.asarray(Image.fromarray(image).filter(ink_filter))
+  """Thickens (dilation) or thins (erosion) white strokes by about a pixel."""
+  kernel = np.ones((3, 3), np.uint8)
+  result = (cv2.dilate if rng.random() < 0.5 else cv2.erode)(image, kernel)
   # Thinning can erase thin strokes entirely; keep the original then.
   return result if (result > INK_THRESHOLD).any() else image
 
@@ -163,10 +175,8 @@ def augment(image: np.ndarray, rng: np.random.Generator, augment_config) -> np.n
   cfg = augment_config
   if cfg.stroke_probability > 0 and rng.random() < cfg.stroke_probability:
     image = change_stroke_width(image, rng)
-  if cfg.rotation_degrees > 0 or cfg.scale > 0 or cfg.shear > 0:
-    image = random_affine(image, rng, cfg.rotation_degrees, cfg.scale, cfg.shear)
-  if cfg.elastic_alpha > 0:
-    image = elastic_distortion(image, rng, cfg.elastic_alpha, cfg.elastic_sigma)
+  if cfg.rotation_degrees > 0 or cfg.scale > 0 or cfg.shear > 0 or cfg.elastic_alpha > 0:
+    image = warp(image, rng, cfg)
   if cfg.brightness > 0 or cfg.contrast > 0:
     image = jitter_brightness_contrast(image, rng, cfg.brightness, cfg.contrast)
   return image

@@ -1,6 +1,6 @@
 """A local web app and JSON API: draw or upload a handwritten formula, get LaTeX.
 
-  hme-serve --workdir DIR [--port 8000]        # or: python -m hme_jax.serve ...
+  hme-serve [--workdir DIR] [--port 8000]      # default: the model shipped in the package
 
 serves, on 127.0.0.1 unless told otherwise:
 
@@ -56,7 +56,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from hme_jax import predict
+from hme_jax import predict, saved_model
 
 STATIC_DIR = pathlib.Path(__file__).with_name("static")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -489,11 +489,13 @@ def warmup_image(height: int = 96, width: int = 160) -> np.ndarray:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog="hme-serve", description="Serve the recogniser as a local web page and JSON API.")
-  parser.add_argument("--workdir", required=True,
-                      help="Training work dir holding the checkpoints (as for hme-predict).")
+  parser.add_argument("--workdir", default="",
+                      help="Training work dir or exported model (as for hme-predict); default: "
+                      "the model shipped in the package.")
   parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step.")
-  parser.add_argument("--decoder", default="beam", choices=("beam", "greedy"))
-  parser.add_argument("--beam-width", "--beam_width", type=int, default=10)
+  parser.add_argument("--decoder", default=None, choices=("beam", "greedy"),
+                      help="Default: the model's config.eval.decoder.")
+  parser.add_argument("--beam-width", "--beam_width", type=int, default=None)
   parser.add_argument("--host", default="127.0.0.1",
                       help="Address to bind; anything but loopback needs --allow-remote.")
   parser.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port).")
@@ -530,8 +532,9 @@ def main(args: argparse.Namespace,
       max_queue=args.max_queue, request_timeout_s=args.request_timeout_s,
       allowed_hosts=LOOPBACK_NAMES if is_loopback(args.host) else None)
   sock = bind_socket(args.host, args.port)  # fail fast, before the slow model load
-  print(f"Loading the model from {args.workdir} ...", flush=True)
-  recognizer = load_recognizer(args.workdir, checkpoint=args.checkpoint,
+  workdir = args.workdir or saved_model.pretrained_path()
+  print(f"Loading the model from {workdir} ...", flush=True)
+  recognizer = load_recognizer(workdir, checkpoint=args.checkpoint,
                                decoder=args.decoder, beam_width=args.beam_width)
   recognizer.recognize([warmup_image()])  # compile now, not on the first request
   renderer = FormulaRenderer()

@@ -208,6 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the history."""
   if config.distributed:
     jax.distributed.initialize()
+  # Absent from configs saved before it existed.
+  evaluation.use_compilation_cache(config.train.get("compilation_cache_dir", ""))
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
 
@@ -252,6 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   history: list[dict] = []
   start_step = 0
+  previous_seconds = 0.0  # training wall time of earlier runs in this work dir
   latest = checkpoints.latest_step()
   if latest is not None:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
@@ -259,6 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, data_state, meta = checkpoints.restore(latest, abstract)
     train_iterator.set_state(data_state)
     history = meta.get("history", [])
+    previous_seconds = float(meta.get("train_seconds", 0.0))
     start_step = int(state.step)
     _say(f"Resumed from the checkpoint at step {start_step} (epoch "
          f"{start_step // steps_per_epoch}).")
@@ -268,9 +272,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summaries = Summaries(workdir)
   meta_base = {"config": checkpoints_lib.config_to_json(config), "vocab": vocab.to_json()}
 
+  def train_seconds() -> float:
+    return previous_seconds + time.time() - run_start
+
   def save(step: int, metrics: dict | None):
     checkpoints.save(step, state, train_iterator.get_state(),
-                     {**meta_base, "history": history, "epoch": step // steps_per_epoch},
+                     {**meta_base, "history": history, "epoch": step // steps_per_epoch,
+                      "train_seconds": train_seconds()},
                      metrics=metrics, force=True)
 
   progress = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -278,17 +286,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   epoch_sums: dict[str, jax.Array] = {}
   run_start = epoch_start = time.time()
   epoch_images = 0
+  input_wait = epoch_input_wait = 0.0  # seconds the loop waited for the input pipeline
   throughput = SteadyThroughput()
   step = start_step
+  budget = config.train.get("max_seconds", 0)  # absent from configs saved before it existed
+  if budget and previous_seconds >= budget:
+    _say(f"The training budget config.train.max_seconds={budget} is already spent "
+         f"({previous_seconds:.0f} s in this work dir): nothing to train.")
+    total_steps = start_step
   try:
     while step < total_steps:
+      wait_start = time.time()
       batch = next(train_iterator)
+      epoch_input_wait += time.time() - wait_start
       throughput.add(batch, config.train.batch_size)
       state, metric_sums = step_fn(state, evaluation.shard_batch(batch, mesh), step_rng)
       epoch_sums = jax.tree.map(jnp.add, epoch_sums, metric_sums) if epoch_sums else metric_sums
       epoch_images += config.train.batch_size
       step += 1
       progress.update(1)
+      if budget and step < total_steps and train_seconds() >= budget:
+        _say(f"Stopping at step {step}: the training budget config.train.max_seconds={budget} "
+             f"is spent ({train_seconds():.0f} s in this work dir). Raise it and re-run to "
+             "continue.")
+        total_steps = step
       end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
       if step % config.train.log_every_steps == 0 or end_of_epoch:
         sums = jax.device_get(epoch_sums)  # the only host sync of the loop
@@ -316,7 +337,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "val_infeasible": val["infeasible"],
             "lr_scale": float(plateau_state.scale), "epoch_seconds": epoch_time,
             "train_img_per_s": epoch_images / max(epoch_time, 1e-9),
+            # The rate with the time spent waiting for input left out.
+            "step_img_per_s": epoch_images / max(epoch_time - epoch_input_wait, 1e-9),
+            "input_wait_seconds": epoch_input_wait,
             "wall_seconds": time.time() - run_start,
+            "train_seconds": train_seconds(),
         }
         history.append(record)
         summaries.scalars(step, {f"val/{k[4:]}": v for k, v in record.items()
@@ -324,7 +349,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         progress.write(
             f"epoch {record['epoch']}: train loss {train_loss:.4f} | val loss {val['loss']:.4f} "
             f"ExpRate {val['exprate']:.2%} TER {val['token_error_rate']:.4f} | "
-            f"{record['train_img_per_s']:.0f} img/s | lr x{record['lr_scale']:.3g}"
+            f"{record['train_img_per_s']:.0f} img/s ({record['step_img_per_s']:.0f} without "
+            f"input waits) | lr x{record['lr_scale']:.3g}"
             + (f" | {int(record['train_infeasible'])} infeasible samples masked"
                if record["train_infeasible"] else ""))
         save(step, {checkpoints_lib.BEST_METRIC: val["exprate"]})
@@ -335,7 +361,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         save(step, None)
         throughput.restart()
       if end_of_epoch:
-        epoch_sums, epoch_images, epoch_start = {}, 0, time.time()
+        input_wait += epoch_input_wait
+        epoch_sums, epoch_images, epoch_start, epoch_input_wait = {}, 0, time.time(), 0.0
   finally:
     progress.close()
     summaries.close()
@@ -345,7 +372,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "best_val_exprate": max((r["val_exprate"] for r in history), default=None),
             "steady_img_per_s": throughput.images_per_second,
             "batch_shapes": sorted(throughput.shapes),
-            "wall_seconds": time.time() - run_start}
+            "input_wait_seconds": input_wait,
+            "wall_seconds": time.time() - run_start,
+            "train_seconds": train_seconds()}
   _say(f"Trained to step {step} in {result['wall_seconds']:.0f} s; steady throughput "
        + (f"{result['steady_img_per_s']:.0f} img/s" if result["steady_img_per_s"]
           else "not measured")

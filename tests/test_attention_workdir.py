@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from hme_jax import evaluate, input_pipeline, predict, seq2seq, trainer
+from hme_jax import evaluate, input_pipeline, predict, saved_model, seq2seq, trainer
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_trainer_evaluate_and_predict_serve_the_attention_family(attention_workd
   assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
   assert history[0]["train_infeasible"] == 0.0  # no CTC constraint for this family
 
-  model = evaluate.LoadedModel(attention_workdir)
+  model = saved_model.LoadedModel(attention_workdir)
   assert isinstance(model.family, seq2seq.Seq2SeqFamily)
   assert model.config.model.name == "attention"
 

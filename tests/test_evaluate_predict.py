@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hme_jax import checkpoints, evaluate, input_pipeline, predict
+from hme_jax import checkpoints, evaluate, input_pipeline, predict, saved_model
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,10 @@ def test_evaluate_writes_report_and_tsv(trained_workdir, tmp_path):
   report = evaluate.evaluate(trained_workdir, splits=["test"], decoder="greedy",
                              max_samples=20, output_dir=str(tmp_path))
   split = report["splits"]["test"]
-  for key in ("exprate", "le1", "le2", "token_error_rate", "cer"):
-    assert 0.0 <= split["raw"][key] <= max(1.0, split["raw"][key])
+  for key in ("exprate", "le1", "le2"):
+    assert 0.0 <= split["raw"][key] <= 1.0
+  for key in ("token_error_rate", "cer"):  # edit rates: above 1 when predictions run long
+    assert split["raw"][key] >= 0.0
   assert split["raw"]["num_samples"] == 20
   assert split["raw"]["exprate"] <= split["raw"]["le1"] <= split["raw"]["le2"]
   assert set(split["length_split"]) == {"short", "long", "all"} and "cleaned" in split
@@ -37,7 +39,7 @@ def test_evaluate_writes_report_and_tsv(trained_workdir, tmp_path):
 
 
 def test_beam_search_is_at_least_as_good_as_greedy_in_probability(trained_workdir):
-  model = evaluate.LoadedModel(trained_workdir)
+  model = saved_model.LoadedModel(trained_workdir)
   builder = input_pipeline.dataset_builder(model.config.dataset)
   dataset = input_pipeline.eval_dataset(model.config, input_pipeline.data_source(builder, "test"),
                                         model.vocab, batch_size=8, max_samples=8)
@@ -54,9 +56,9 @@ def test_evaluate_errors_are_clear(trained_workdir, tmp_path):
   with pytest.raises(input_pipeline.DatasetNotFoundError, match="2019"):
     evaluate.evaluate(trained_workdir, splits=["2019"], output_dir=str(tmp_path))
   with pytest.raises(checkpoints.NoCheckpointError, match="No checkpoint"):
-    evaluate.LoadedModel(str(tmp_path))
+    saved_model.LoadedModel(str(tmp_path))
   with pytest.raises(checkpoints.NoCheckpointError, match="step 123456"):
-    evaluate.LoadedModel(trained_workdir, checkpoint="123456")
+    saved_model.LoadedModel(trained_workdir, checkpoint="123456")
 
 
 def encode(array: np.ndarray, fmt: str) -> bytes:

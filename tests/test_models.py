@@ -82,8 +82,8 @@ def test_output_shapes(backbone, height, width, width_downsample, height_collaps
   channels = {"small": 16, "vgg16": 512, "resnet18": 256}[backbone]
   height_out = height // (8 if backbone == "small" else 16)
   lstm_input = channels * height_out if height_collapse == "flatten" else channels
-  kernel = variables["params"]["sequence"]["lstm0"]["forward_rnn"]["cell"]["ii"]["kernel"]
-  assert kernel.shape == (lstm_input, 8)
+  kernel = variables["params"]["sequence"]["lstm0"]["input_kernel"]
+  assert kernel.shape == (lstm_input, 2, 4 * 8)
 
 
 def test_frame_paddings_follow_image_widths():

@@ -34,10 +34,23 @@ def test_fit_to_height_keeps_aspect_and_caps_width():
   assert preprocessing.fit_to_height(np.zeros((40, 1), np.uint8), 20, 100).shape == (20, 1)
 
 
-def test_bilinear_sample_at_integer_coordinates_is_identity():
+def _warp_config(**overrides):
+  config = default.get_config().augment
+  for field in ("rotation_degrees", "scale", "shear", "elastic_alpha"):
+    config[field] = overrides.get(field, 0.0)
+  return config
+
+
+def test_warp_without_distortion_is_identity():
   image = np.random.default_rng(0).integers(0, 256, (7, 9)).astype(np.uint8)
-  ys, xs = np.meshgrid(np.arange(7.0), np.arange(9.0), indexing="ij")
-  np.testing.assert_array_equal(preprocessing.bilinear_sample(image, ys, xs), image)
+  out = preprocessing.warp(image, np.random.default_rng(0), _warp_config())
+  np.testing.assert_array_equal(out, image)
+
+
+def test_elastic_field_is_bounded_and_smooth():
+  field = preprocessing.elastic_field((40, 120), np.random.default_rng(0), 8.0, 5.0)
+  assert field.shape == (2, 40, 120) and np.abs(field).max() <= 8.0
+  assert np.abs(np.diff(field, axis=2)).max() < 8.0 * 2 / 5.0 + 1e-4  # bilinear between points
 
 
 def test_augment_is_deterministic_per_seed_and_keeps_the_ink():
@@ -58,5 +71,5 @@ def test_augment_is_deterministic_per_seed_and_keeps_the_ink():
 def test_affine_grows_the_canvas_so_no_ink_is_cut(degrees):
   image = np.zeros((20, 20), np.uint8)
   image[0:20, 0] = 255  # ink on the border
-  out = preprocessing.random_affine(image, np.random.default_rng(0), degrees, 0.0, 0.0)
+  out = preprocessing.warp(image, np.random.default_rng(0), _warp_config(rotation_degrees=degrees))
   assert (out > 64).sum() >= 15

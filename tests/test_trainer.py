@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, tiny_config
 
-from hme_jax import checkpoints, evaluate, families, input_pipeline, trainer
+from hme_jax import checkpoints, families, input_pipeline, saved_model, trainer
 from hme_jax.vocab import Vocabulary
 
 
@@ -142,7 +142,7 @@ def saved_steps(workdir) -> list[int]:
 
 
 def final_variables(workdir):
-  return jax.tree.map(np.asarray, evaluate.LoadedModel(workdir, "latest").variables)
+  return jax.tree.map(np.asarray, saved_model.LoadedModel(workdir, "latest").variables)
 
 
 @pytest.mark.parametrize("family", ["crnn", "attention"])
@@ -235,5 +235,29 @@ def test_validation_every_n_epochs_or_never_and_steady_throughput(tmp_path, synt
   result = trainer.train_and_evaluate(config, str(tmp_path / "never"))
   assert result["history"] == []
   assert saved_steps(str(tmp_path / "never")) == [steps_per_epoch]
-  latest = evaluate.LoadedModel(str(tmp_path / "never"), checkpoint="latest")
+  latest = saved_model.LoadedModel(str(tmp_path / "never"), checkpoint="latest")
   assert latest.step == steps_per_epoch
+
+
+def test_wall_time_budget_stops_validates_and_resumes(tmp_path, synthetic_data_dir):
+  config = tiny_config(synthetic_data_dir)
+  config.train.max_seconds = 1e-3  # spent after the first step
+  workdir = str(tmp_path / "budget")
+  result = trainer.train_and_evaluate(config, workdir)
+  assert result["steps"] == 1 and saved_steps(workdir) == [1]
+  assert [r["step"] for r in result["history"]] == [1]  # validated where it stopped
+  record = result["history"][0]
+  assert record["step_img_per_s"] >= record["train_img_per_s"] > 0
+  assert 0.0 <= record["input_wait_seconds"] <= record["epoch_seconds"]
+  meta = checkpoints.Checkpoints(workdir, read_only=True).read_meta(1)
+  assert meta["train_seconds"] > 0
+
+  again = trainer.train_and_evaluate(config, workdir)  # the budget is spent: nothing to do
+  assert again["steps"] == 1 and saved_steps(workdir) == [1]
+
+  config.train.max_seconds = 0  # no budget: continues to the end
+  final = trainer.train_and_evaluate(config, workdir)
+  train_images = input_pipeline.dataset_builder(config.dataset).info.splits["train"].num_examples
+  assert final["steps"] == config.train.num_epochs * input_pipeline.steps_per_epoch(
+      config, train_images)
+  assert final["train_seconds"] > meta["train_seconds"]

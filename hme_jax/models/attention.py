@@ -45,6 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hme_jax.models import conv as conv_lib
 from hme_jax.models import densenet
 
 NEG_INF = -1e9  # masked attention logit: exp() underflows to exactly 0, no inf arithmetic
@@ -111,6 +112,7 @@ class Encoder(nn.Module):
   dropout_rate: float = 0.2
   scan_layers: bool = False
   dtype: Any = jnp.float32
+  conv_gradient: str = "auto"  # see hme_jax.models.conv
 
   @nn.compact
   def __call__(self, images: jax.Array, pixel_mask: jax.Array,
@@ -119,7 +121,7 @@ class Encoder(nn.Module):
     features, mask = densenet.DenseNet(
         growth_rate=self.growth_rate, num_layers=self.num_layers, num_blocks=self.num_blocks,
         compression=self.compression, dropout_rate=self.dropout_rate,
-        scan_layers=self.scan_layers, dtype=self.dtype,
+        scan_layers=self.scan_layers, dtype=self.dtype, conv_gradient=self.conv_gradient,
         name="densenet")(images, pixel_mask, train=train)
     x = nn.Dense(self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
                  name="feature_projection")(features)
@@ -138,6 +140,7 @@ class CoverageRefinement(nn.Module):
   channels: int = 32
   kernel_size: int = 5
   dtype: Any = jnp.float32
+  conv_gradient: str = "auto"  # see hme_jax.models.conv
 
   @nn.compact
   def __call__(self, coverage: jax.Array, memory_mask: jax.Array,
@@ -165,8 +168,9 @@ class CoverageRefinement(nn.Module):
     grid_mask = grid_mask.reshape(-1, height, width, 1)
     stat_mask = stat_mask.reshape(-1, height, width, 1)
     pad = self.kernel_size // 2
-    conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=jnp.float32,
-                             kernel_init=densenet.conv_kernel_init(1.0, "truncated_normal"))
+    conv = functools.partial(conv_lib.Conv, dtype=self.dtype, param_dtype=jnp.float32,
+                             kernel_init=densenet.conv_kernel_init(1.0, "truncated_normal"),
+                             gradient=self.conv_gradient)
     x = conv(self.channels, (self.kernel_size, self.kernel_size),
              padding=((pad, pad), (pad, pad)), name="conv")(x.astype(self.dtype))
     x = jnp.where(grid_mask, nn.relu(x), jnp.zeros((), x.dtype))
@@ -286,6 +290,7 @@ class Decoder(nn.Module):
   coverage_channels: int = 32
   coverage_kernel: int = 5
   dtype: Any = jnp.float32
+  conv_gradient: str = "auto"
 
   def setup(self):
     self.embed = nn.Embed(self.num_classes, self.d_model, dtype=self.dtype,
@@ -298,7 +303,8 @@ class Decoder(nn.Module):
     self.coverage = None
     if self.uses_coverage:
       self.coverage = CoverageRefinement(self.num_heads, self.coverage_channels,
-                                         self.coverage_kernel, dtype=self.dtype)
+                                         self.coverage_kernel, dtype=self.dtype,
+                                         conv_gradient=self.conv_gradient)
     self.head = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)
 
   @property
@@ -414,6 +420,7 @@ class AttentionModel(nn.Module):
   compression: float = 0.5
   encoder_dropout: float = 0.2
   scan_dense_layers: bool = False
+  conv_gradient: str = "auto"
   num_heads: int = 8
   decoder_layers: int = 3
   ffn_dim: int = 1024
@@ -427,11 +434,11 @@ class AttentionModel(nn.Module):
   def setup(self):
     self.encoder = Encoder(self.d_model, self.growth_rate, self.dense_layers, self.dense_blocks,
                            self.compression, self.encoder_dropout, self.scan_dense_layers,
-                           dtype=self.dtype)
+                           dtype=self.dtype, conv_gradient=self.conv_gradient)
     self.decoder = Decoder(self.num_classes, self.d_model, self.num_heads, self.decoder_layers,
                            self.ffn_dim, self.decoder_dropout, self.cross_coverage,
                            self.self_coverage, self.coverage_channels, self.coverage_kernel,
-                           dtype=self.dtype)
+                           dtype=self.dtype, conv_gradient=self.conv_gradient)
 
   @property
   def downsample(self) -> int:
@@ -487,6 +494,7 @@ def create_attention_model(model_config, num_classes: int,
       compression=float(get("compression", 0.5)),
       encoder_dropout=float(get("encoder_dropout", 0.2)),
       scan_dense_layers=bool(get("scan_dense_layers", False)),
+      conv_gradient=conv_lib.resolve_gradient(get("conv_gradient", "auto")),
       num_heads=int(get("num_heads", 8)),
       decoder_layers=int(get("decoder_layers", 3)),
       ffn_dim=int(get("ffn_dim", 1024)),

@@ -45,6 +45,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hme_jax.models import conv
+
 BACKBONES = ("vgg16", "resnet18", "small")
 
 # torchvision's VGG16 ("D") feature layout up to the last conv: "M" = 2x2 pool.
@@ -94,9 +96,10 @@ def _masked(x: jax.Array, mask: jax.Array) -> jax.Array:
 class _Layers:
   """Conv/BatchNorm constructors shared by the backbones (not a Module)."""
 
-  def __init__(self, dtype: Any):
-    self.conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
-                                  param_dtype=jnp.float32, kernel_init=conv_kernel_init)
+  def __init__(self, dtype: Any, conv_gradient: str):
+    self.conv = functools.partial(conv.Conv, use_bias=False, dtype=dtype,
+                                  param_dtype=jnp.float32, kernel_init=conv_kernel_init,
+                                  gradient=conv_gradient)
     self.batch_norm = functools.partial(nn.BatchNorm, momentum=BATCH_NORM_MOMENTUM,
                                         epsilon=BATCH_NORM_EPSILON, dtype=dtype,
                                         param_dtype=jnp.float32)
@@ -113,12 +116,13 @@ class VGG16(nn.Module):
   width_downsample: int = 4
   freeze_stages: int = 0
   dtype: Any = jnp.float32
+  conv_gradient: str = "auto"  # see hme_jax.models.conv
 
   num_stages = 5
 
   @nn.compact
   def __call__(self, x: jax.Array, widths: jax.Array, train: bool = False):
-    layers = _Layers(self.dtype)
+    layers = _Layers(self.dtype, self.conv_gradient)
     strides = iter(width_strides(self.width_downsample, 4, "vgg16"))
     block, index = 1, 1
     mask = width_mask(widths, x.shape[2])
@@ -153,11 +157,12 @@ class BasicBlock(nn.Module):
   strides: tuple[int, int] = (1, 1)
   frozen: bool = False
   dtype: Any = jnp.float32
+  conv_gradient: str = "auto"  # see hme_jax.models.conv
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False):
     """``x [B, H, W, C]`` (content columns only nonzero); ``mask`` is the output mask."""
-    layers = _Layers(self.dtype)
+    layers = _Layers(self.dtype, self.conv_gradient)
     norm = functools.partial(layers.batch_norm, use_running_average=not train or self.frozen)
     residual = x
     y = layers.conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)),
@@ -181,12 +186,13 @@ class ResNet18(nn.Module):
   width_downsample: int = 4
   freeze_stages: int = 0
   dtype: Any = jnp.float32
+  conv_gradient: str = "auto"  # see hme_jax.models.conv
 
   num_stages = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, widths: jax.Array, train: bool = False):
-    layers = _Layers(self.dtype)
+    layers = _Layers(self.dtype, self.conv_gradient)
     strides = iter(width_strides(self.width_downsample, 4, "resnet18"))
     frozen = self.freeze_stages >= 1
 
@@ -216,7 +222,7 @@ class ResNet18(nn.Module):
           widths = downsample_widths(widths, stride)
         mask = width_mask(widths, -(-x.shape[2] // block_strides[1]))
         x = BasicBlock(features, block_strides, frozen=frozen, dtype=self.dtype,
-                       name=f"layer{stage}_{index}")(x, mask, train)
+                       conv_gradient=self.conv_gradient, name=f"layer{stage}_{index}")(x, mask, train)
       if stage + 1 == self.freeze_stages:
         x = jax.lax.stop_gradient(x)
     return x, widths
@@ -232,12 +238,13 @@ class SmallCNN(nn.Module):
   batch_norm: bool = True
   width_downsample: int = 4
   dtype: Any = jnp.float32
+  conv_gradient: str = "auto"  # see hme_jax.models.conv
 
   num_stages = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, widths: jax.Array, train: bool = False):
-    layers = _Layers(self.dtype)
+    layers = _Layers(self.dtype, self.conv_gradient)
     strides = width_strides(self.width_downsample, len(self.channels), "small")
     mask = width_mask(widths, x.shape[2])
     for index, (features, stride) in enumerate(zip(self.channels, strides)):
@@ -256,18 +263,22 @@ def create_backbone(model_config, dtype: Any = jnp.float32, name: str | None = N
   """The backbone named by ``model_config.backbone``, validated."""
   backbone = model_config.backbone
   freeze_stages = int(model_config.get("freeze_stages", 0))
+  # Absent from configs saved before it existed: "auto".
+  conv_gradient = conv.resolve_gradient(model_config.get("conv_gradient", "auto"))
   if backbone == "vgg16":
     module = VGG16(batch_norm=bool(model_config.batch_norm),
                    width_downsample=int(model_config.width_downsample),
-                   freeze_stages=freeze_stages, dtype=dtype, name=name)
+                   freeze_stages=freeze_stages, dtype=dtype,
+                   conv_gradient=conv_gradient, name=name)
   elif backbone == "resnet18":
     module = ResNet18(width_downsample=int(model_config.width_downsample),
-                      freeze_stages=freeze_stages, dtype=dtype, name=name)
+                      freeze_stages=freeze_stages, dtype=dtype,
+                      conv_gradient=conv_gradient, name=name)
   elif backbone == "small":
     module = SmallCNN(channels=tuple(int(c) for c in model_config.small_channels),
                       batch_norm=bool(model_config.batch_norm),
                       width_downsample=int(model_config.width_downsample), dtype=dtype,
-                      name=name)
+                      conv_gradient=conv_gradient, name=name)
   else:
     raise ValueError(f"Unknown config.model.backbone={backbone!r}; choose one of {BACKBONES}.")
   num_steps = len(module.channels) if backbone == "small" else 4

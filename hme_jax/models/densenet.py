@@ -32,6 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hme_jax.models import conv
+
 # PyTorch defaults (the published models are PyTorch).
 BATCH_NORM_MOMENTUM = 0.9
 BATCH_NORM_EPSILON = 1e-5
@@ -126,12 +128,14 @@ class ConvUnit(nn.Module):
   kernel_size: tuple[int, int]
   dropout_rate: float
   dtype: Any = jnp.float32
+  conv_gradient: str = "auto"  # see hme_jax.models.conv
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
     pad = self.kernel_size[0] // 2
-    x = nn.Conv(self.features, self.kernel_size, padding=((pad, pad), (pad, pad)), use_bias=False,
-                dtype=self.dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init())(x)
+    x = conv.Conv(self.features, self.kernel_size, padding=((pad, pad), (pad, pad)),
+                  use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                  kernel_init=conv_kernel_init(), gradient=self.conv_gradient)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
                      epsilon=BATCH_NORM_EPSILON, dtype=self.dtype,
                      param_dtype=jnp.float32)(x, mask=mask[..., None])
@@ -145,14 +149,15 @@ class Bottleneck(nn.Module):
   growth_rate: int
   dropout_rate: float
   dtype: Any = jnp.float32
+  conv_gradient: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
     """``[B, h, w, C]`` -> the new features ``[B, h, w, growth_rate]``."""
     y = ConvUnit(4 * self.growth_rate, (1, 1), self.dropout_rate, self.dtype,
-                 name="bottleneck")(x, mask, train)
+                 self.conv_gradient, name="bottleneck")(x, mask, train)
     return ConvUnit(self.growth_rate, (3, 3), self.dropout_rate, self.dtype,
-                    name="conv")(y, mask, train)
+                    self.conv_gradient, name="conv")(y, mask, train)
 
 
 class BufferedBottleneck(nn.Module):
@@ -172,11 +177,12 @@ class BufferedBottleneck(nn.Module):
   growth_rate: int
   dropout_rate: float
   dtype: Any = jnp.float32
+  conv_gradient: str = "auto"
 
   @nn.compact
   def __call__(self, buffer: jax.Array, offset: jax.Array, mask: jax.Array, train: bool):
-    y = Bottleneck(self.growth_rate, self.dropout_rate, self.dtype, name="layer")(
-        buffer, mask, train)
+    y = Bottleneck(self.growth_rate, self.dropout_rate, self.dtype, self.conv_gradient,
+                   name="layer")(buffer, mask, train)
     return jax.lax.dynamic_update_slice_in_dim(buffer, y, offset, axis=-1), None
 
 
@@ -190,6 +196,7 @@ class DenseNet(nn.Module):
   dropout_rate: float = 0.2
   scan_layers: bool = False      # the same function, compiled once per block: BufferedBottleneck
   dtype: Any = jnp.float32
+  conv_gradient: str = "auto"    # see hme_jax.models.conv
 
   @nn.compact
   def __call__(self, images: jax.Array, pixel_mask: jax.Array,
@@ -209,9 +216,9 @@ class DenseNet(nn.Module):
 
     x = _zero_outside(images.astype(self.dtype), pixel_mask)
     mask = downsample_mask(pixel_mask)
-    x = nn.Conv(2 * self.growth_rate, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
-                use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                kernel_init=conv_kernel_init(), name="stem")(x)
+    x = conv.Conv(2 * self.growth_rate, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
+                  use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                  kernel_init=conv_kernel_init(), gradient=self.conv_gradient, name="stem")(x)
     x = _zero_outside(nn.relu(batch_norm("stem_norm")(x, mask=mask[..., None])), mask)
     # Padding is zero and content is >= 0 after the ReLU, so a zero-padded
     # max-pool equals one over content only.
@@ -226,16 +233,16 @@ class DenseNet(nn.Module):
                          split_rngs={"params": True, "dropout": True},
                          in_axes=(0, nn.broadcast, nn.broadcast), length=self.num_layers)
         offsets = start + self.growth_rate * jnp.arange(self.num_layers)
-        x, _ = layers(self.growth_rate, self.dropout_rate, self.dtype,
+        x, _ = layers(self.growth_rate, self.dropout_rate, self.dtype, self.conv_gradient,
                       name=f"dense_block_{block}")(x, offsets, mask, train)
       else:
         for layer in range(self.num_layers):
-          y = Bottleneck(self.growth_rate, self.dropout_rate, self.dtype,
+          y = Bottleneck(self.growth_rate, self.dropout_rate, self.dtype, self.conv_gradient,
                          name=f"dense_block_{block}_layer_{layer}")(x, mask, train)
           x = jnp.concatenate([x, y], axis=-1)
       if block < self.num_blocks - 1:
         channels = int(math.floor(x.shape[-1] * self.compression))
-        x = ConvUnit(channels, (1, 1), self.dropout_rate, self.dtype,
+        x = ConvUnit(channels, (1, 1), self.dropout_rate, self.dtype, self.conv_gradient,
                      name=f"transition_{block}")(x, mask, train)
         x = masked_average_pool(x, mask)
         mask = downsample_mask(mask)

@@ -1,0 +1,94 @@
+"""CROHME on two CPU cores: the recipe candidates compared at equal CPU time, and the pick.
+
+  python train.py --config configs/crohme_cpu.py --workdir workdirs/crohme_cpu
+  python train.py --config configs/crohme_cpu.py:attention --workdir workdirs/cpu_attention
+
+``configs/crohme_cpu.py:NAME`` picks a candidate; no NAME is the recipe chosen
+(see ``CHOSEN``). Every candidate gets the same budget, a wall-clock one
+(``train.max_seconds``, summed over resumes: re-running the command resumes,
+raising it continues), and a learning-rate schedule sized to the full
+150-minute run, so that the first 15 minutes of each are a fair comparison and
+the winner's work dir simply continues. The table (FLOPs per image, img/s,
+greedy ExpRate on 2014 after equal time) is in ``results/README.md``.
+
+Candidates (all at one image height, in four canvases (height, width, tokens),
+size-sorted batches, images decoded once and kept in memory, the convolution
+gradient of ``hme_jax/models/conv.py``):
+  crnn_small   the issue's CTC baseline: 3 conv units (32, 64, 128) at height 64,
+               2 image columns per frame, BiLSTM 2 x 256.
+  crnn_fast    the same at height 48 with BiLSTM 2 x 128: about 1.5x the images per
+               second (the LSTM's sequential steps dominate a CPU step).
+  attention    a light CoMER: DenseNet-B (growth 16, 3 blocks x 8 layers, stride 16),
+               d_model 192, 2 decoder layers with coverage, images at height 64.
+The VGG16 CRNN (``configs/vgg16.py``) is measured for speed only: about 1.6 img/s
+here, so 15 minutes see 1,400 images, a sixth of one epoch.
+"""
+
+import ml_collections
+
+from configs import default
+
+CHOSEN = "attention"
+CANDIDATES = ("crnn_small", "crnn_fast", "attention")
+BUDGET_SECONDS = 150 * 60
+
+
+def _common(config: ml_collections.ConfigDict, height: int, epochs_in_budget: int) -> None:
+  config.dataset.name = "crohme"
+  # Four batch shapes, so four compilations of each step (six bucket widths times four
+  # label lengths took most of the first 15 minutes to compile). At height 64 they hold
+  # 31% / 38% / 23% / 7% of the training images; a label too long for its image's
+  # canvas moves the sample to the next one.
+  config.input.height = height
+  config.input.max_width = 16 * height
+  config.input.canvases = tuple((height, width, tokens) for width, tokens in
+                                zip((2 * height, 4 * height, 8 * height, 16 * height),
+                                    (40, 64, 96, 128)))
+  config.input.sort_window = 16
+  config.input.cache_in_memory = True
+  config.train.batch_size = 32
+  config.train.num_epochs = epochs_in_budget  # what the budget holds at the measured img/s
+  config.train.max_seconds = BUDGET_SECONDS
+  config.train.schedule = "warmup_cosine"
+  config.train.warmup_epochs = 0.5
+  config.train.plateau_patience = 1_000_000   # the cosine schedule does the decay
+  config.train.log_every_steps = 25
+  config.eval.batch_size = 64
+
+
+def _crnn(config, height: int, lstm_hidden: int, epochs_in_budget: int):
+  config.model.backbone = "small"
+  config.model.small_channels = (32, 64, 128)
+  config.model.width_downsample = 2
+  config.model.lstm_hidden = lstm_hidden
+  config.model.lstm_layers = 2
+  _common(config, height, epochs_in_budget)
+  config.train.learning_rate = 1e-3
+  return config
+
+
+def get_config(candidate: str = "") -> ml_collections.ConfigDict:
+  candidate = candidate or CHOSEN
+  config = default.get_config()
+  if candidate == "crnn_small":
+    return _crnn(config, height=64, lstm_hidden=256, epochs_in_budget=12)
+  if candidate == "crnn_fast":
+    return _crnn(config, height=48, lstm_hidden=128, epochs_in_budget=28)
+  if candidate == "attention":
+    from configs import attention
+    config = attention.get_config()
+    config.augment.scale = 0.1
+    config.model.growth_rate = 16
+    config.model.dense_layers = 8
+    config.model.dense_blocks = 3
+    config.model.width_downsample = 16
+    config.model.d_model = 192
+    config.model.num_heads = 4
+    config.model.decoder_layers = 2
+    config.model.ffn_dim = 512
+    _common(config, height=64, epochs_in_budget=8)
+    config.train.learning_rate = 5e-4
+    config.eval.decoder = "greedy"
+    return config
+  raise ValueError(f"Unknown candidate {candidate!r} in configs/crohme_cpu.py; choose one of "
+                   f"{CANDIDATES} (or none for {CHOSEN!r}).")

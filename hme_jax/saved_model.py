@@ -1,0 +1,161 @@
+"""A trained model read back, from a work dir or from an exported (params-only) model.
+
+An exported model is a directory of two files, small enough to ship in the
+package (``hme_jax/pretrained/``):
+
+  model.json      {"format", "config", "vocab", "step", "dtype", "source"}
+  params.msgpack  the variables (params, BatchNorm statistics) in ``dtype``,
+                  serialised with ``flax.serialization``
+
+``LoadedModel(path)`` takes either kind of directory; ``export_model`` writes
+the second from the first.
+
+  python -m hme_jax.saved_model --workdir workdirs/crohme_cpu --output hme_jax/pretrained/crohme_cpu
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import sys
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hme_jax import checkpoints as checkpoints_lib
+from hme_jax import evaluation, families, input_pipeline
+from hme_jax.vocab import Vocabulary
+
+EXPORT_FORMAT = "hme-jax-params-v1"
+MODEL_FILE = "model.json"
+PARAMS_FILE = "params.msgpack"
+PRETRAINED_NAME = "crohme_cpu"
+
+
+def pretrained_path(name: str = PRETRAINED_NAME) -> str:
+  """The directory of a model shipped in the package (``hme_jax/pretrained/NAME``)."""
+  path = str(importlib.resources.files("hme_jax") / "pretrained" / name)
+  if not os.path.isfile(os.path.join(path, MODEL_FILE)):
+    raise checkpoints_lib.NoCheckpointError(
+        f"No bundled model {name!r} in this installation ({path} has no {MODEL_FILE}). "
+        "Pass --workdir DIR of a model you trained, or reinstall hme-jax.")
+  return path
+
+
+def is_export(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, MODEL_FILE))
+
+
+def _abstract_variables(family, config, sharding) -> dict:
+  return jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+      jax.eval_shape(family.init, jax.random.PRNGKey(0), input_pipeline.dummy_batch(config, 1)))
+
+
+class LoadedModel:
+  """Config, vocabulary, family and variables of one trained model, on every device.
+
+  ``path`` is a work dir (``checkpoint``: best | latest | a step) or an
+  exported model directory (``checkpoint`` is ignored).
+  """
+
+  def __init__(self, path: str, checkpoint: str | int = "best", compute_dtype: str | None = None):
+    self.workdir = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(self.workdir):
+      raise checkpoints_lib.NoCheckpointError(f"The work dir {path!r} does not exist.")
+    self.mesh = evaluation.make_mesh()
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    if is_export(self.workdir):
+      with open(os.path.join(self.workdir, MODEL_FILE)) as f:
+        meta = json.load(f)
+      if meta.get("format") != EXPORT_FORMAT:
+        raise checkpoints_lib.CheckpointMismatchError(
+            f"{self.workdir}/{MODEL_FILE} has format {meta.get('format')!r}; this hme-jax "
+            f"reads {EXPORT_FORMAT!r}. Export the model again with this version.")
+      self.step = int(meta["step"])
+      self.config = checkpoints_lib.config_from_json(meta["config"])
+      self.vocab = Vocabulary.from_json(meta["vocab"])
+    else:
+      checkpoints = checkpoints_lib.Checkpoints(self.workdir, read_only=True)
+      self.step = checkpoints.resolve(checkpoint)
+      self.config, self.vocab = checkpoints.config_and_vocab(self.step)
+    evaluation.use_compilation_cache(self.config.train.get("compilation_cache_dir", ""))
+    dtype = evaluation.to_jnp_dtype(compute_dtype or self.config.train.compute_dtype)
+    self.family = families.create_family(self.config, self.vocab, dtype)
+    abstract = _abstract_variables(self.family, self.config, replicated)
+    if is_export(self.workdir):
+      self.variables = _read_params(os.path.join(self.workdir, PARAMS_FILE), abstract)
+    else:
+      self.variables = checkpoints.restore_variables(self.step, abstract)
+      checkpoints.close()
+
+  def decode(self, batches, **kwargs):
+    return evaluation.decode_batches(self.family, self.variables, batches, self.mesh, **kwargs)
+
+
+def _read_params(path: str, abstract: dict) -> dict:
+  """The variables of ``params.msgpack``, checked against the model's shapes, as float32."""
+  with open(path, "rb") as f:
+    stored = flax.serialization.msgpack_restore(f.read())
+  wanted = flax.serialization.to_state_dict(abstract)
+  flat_stored = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
+  flat_wanted = jax.tree_util.tree_flatten_with_path(wanted)[0]
+  problems = [f"{jax.tree_util.keystr(key)}: missing" for key, _ in flat_wanted
+              if key not in flat_stored]
+  problems += [f"{jax.tree_util.keystr(key)}: stored {np.shape(flat_stored[key])}, model "
+               f"{leaf.shape}" for key, leaf in flat_wanted
+               if key in flat_stored and tuple(np.shape(flat_stored[key])) != tuple(leaf.shape)]
+  if problems or len(flat_stored) != len(flat_wanted):
+    raise checkpoints_lib.CheckpointMismatchError(
+        f"{path} does not hold the parameters of the model its {MODEL_FILE} describes ("
+        + "; ".join(problems[:5] or ["extra entries"]) + "). Export the model again.")
+  variables = flax.serialization.from_state_dict(
+      abstract, jax.tree.map(lambda a: np.asarray(a, np.float32), stored))
+  return jax.tree.map(lambda value, leaf: jax.device_put(value.astype(leaf.dtype), leaf.sharding),
+                      variables, abstract)
+
+
+def export_model(workdir: str, output_dir: str, *, checkpoint: str | int = "best",
+                 dtype: str = "bfloat16") -> dict:
+  """Writes the variables of a work dir's checkpoint (in ``dtype``) with its config and vocabulary.
+
+  Returns the ``model.json`` content.
+  """
+  model = LoadedModel(workdir, checkpoint, compute_dtype="float32")
+  os.makedirs(output_dir, exist_ok=True)
+  variables = jax.tree.map(lambda leaf: np.asarray(jnp.asarray(leaf, dtype)),
+                           jax.device_get(model.variables))
+  with open(os.path.join(output_dir, PARAMS_FILE), "wb") as f:
+    f.write(flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(variables)))
+  meta = {"format": EXPORT_FORMAT, "config": checkpoints_lib.config_to_json(model.config),
+          "vocab": model.vocab.to_json(), "step": model.step, "dtype": dtype,
+          "source": {"workdir": os.path.basename(model.workdir), "checkpoint": str(checkpoint)}}
+  with open(os.path.join(output_dir, MODEL_FILE), "w") as f:
+    json.dump(meta, f, indent=1)
+  return meta
+
+
+def main(argv=None) -> int:
+  import argparse
+  parser = argparse.ArgumentParser(prog="python -m hme_jax.saved_model",
+                                   description="Export a trained work dir as a params-only model.")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--output", required=True, help="Directory to write the model into.")
+  parser.add_argument("--checkpoint", default="best", help="best | latest | a step number.")
+  parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  args = parser.parse_args(argv)
+  try:
+    meta = export_model(args.workdir, args.output, checkpoint=args.checkpoint, dtype=args.dtype)
+  except FileNotFoundError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  size = sum(os.path.getsize(os.path.join(args.output, name)) for name in (MODEL_FILE, PARAMS_FILE))
+  print(f"Exported step {meta['step']} ({args.dtype}) to {args.output}: {size / 1e6:.1f} MB")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
