@@ -30,7 +30,7 @@ from configs import default
 
 CHOSEN = "attention"
 CANDIDATES = ("crnn_small", "crnn_fast", "attention")
-BUDGET_SECONDS = 150 * 60
+BUDGET_SECONDS = 150 * 60.0
 
 
 def _common(config: ml_collections.ConfigDict, height: int, epochs_in_budget: int) -> None:

@@ -86,7 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every_steps = 0   # 0 = only when validating
   config.train.keep_checkpoints = 3         # the latest K; the best by ExpRate is kept too
   config.train.max_steps = 0                # >0 stops early (smoke runs)
-  config.train.max_seconds = 0              # >0: training wall-time budget of the work dir
+  config.train.max_seconds = 0.0            # >0: training wall-time budget of the work dir
                                             # (summed over resumes); validates and saves at it
   config.train.progress_bar = True
   config.train.compilation_cache_dir = "~/.cache/hme_jax/jax"  # JAX's persistent cache of

@@ -411,7 +411,7 @@ def test_main_prints_its_address_serves_and_stops_on_ctrl_c():
   finally:
     process.kill()
   assert process.returncode == 0, out
-  assert "loads [('wd', {'checkpoint': 'best', 'decoder': 'beam', 'beam_width': 3})]" in out
+  assert "loads [('wd', {'checkpoint': 'best', 'decoder': None, 'beam_width': 3})]" in out
 
 
 def test_serve_in_thread_answers_over_real_http(fake):
