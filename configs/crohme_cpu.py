@@ -22,6 +22,14 @@ gradient of ``hme_jax/models/conv.py``):
                d_model 192, 2 decoder layers with coverage, images at height 64.
 The VGG16 CRNN (``configs/vgg16.py``) is measured for speed only: about 1.6 img/s
 here, so 15 minutes see 1,400 images, a sixth of one epoch.
+
+Why ``attention``: after 15 minutes no candidate read a single 2014 expression
+exactly (greedy ExpRate 0% for all three), so the token error rate decided:
+0.864 for ``attention`` (0.68 epochs at 8 img/s) against 0.982 for
+``crnn_fast`` (2.65 epochs at 28 img/s) and 0.994 for ``crnn_small`` (1.2
+epochs at 12 img/s). The CTC models were still emitting blanks; the attention
+model was already placing tokens, with a third of the images. Each
+``epochs_in_budget`` is what 150 minutes hold at the candidate's measured rate.
 """
 
 import ml_collections
