@@ -61,6 +61,8 @@ def _common(config: ml_collections.ConfigDict, height: int, epochs_in_budget: in
   config.train.warmup_epochs = 0.5
   config.train.plateau_patience = 1_000_000   # the cosine schedule does the decay
   config.train.log_every_steps = 25
+  # A session may end mid-epoch (20 minutes for the attention model): lose at most this many steps.
+  config.train.checkpoint_every_steps = 50
   config.eval.batch_size = 64
 
 

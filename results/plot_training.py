@@ -2,8 +2,8 @@
 
   python results/plot_training.py --workdir workdirs/crohme_cpu --output results/crohme_cpu_curve.png
 
-Reads the per-epoch history that the trainer keeps in ``metrics.json`` (or, for
-a run still going, in its latest checkpoint). Several work dirs draw one line each.
+Reads the per-epoch history that the trainer keeps in every checkpoint (or in
+``metrics.json``). Several work dirs draw one line each.
 """
 
 import argparse
@@ -15,12 +15,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def history(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "metrics.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)["history"]
+  """The per-epoch records of the latest checkpoint (current while a run goes on)."""
   from hme_jax import checkpoints
-  manager = checkpoints.Checkpoints(workdir, read_only=True)
+  try:
+    manager = checkpoints.Checkpoints(workdir, read_only=True)
+  except checkpoints.NoCheckpointError:
+    with open(os.path.join(workdir, "metrics.json")) as f:
+      return json.load(f)["history"]
   try:
     return manager.read_meta(manager.resolve("latest")).get("history", [])
   finally:
@@ -50,7 +51,7 @@ def main() -> None:
     loss_axis.plot(xs, [r["val_loss"] for r in records], "--", label=f"{name} validation")
     rate_axis.plot(xs, [100 * r["val_exprate"] for r in records], marker="o", label=name)
   label = "training minutes" if args.x == "train_seconds" else "epoch"
-  loss_axis.set(xlabel=label, ylabel="loss per expression", title="Loss")
+  loss_axis.set(xlabel=label, ylabel="loss per token", title="Loss")
   rate_axis.set(xlabel=label, ylabel="ExpRate (%)", title="Validation ExpRate (greedy)")
   for axis in (loss_axis, rate_axis):
     axis.grid(alpha=0.3)
