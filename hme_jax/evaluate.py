@@ -25,7 +25,6 @@ from absl import app, flags, logging
 from hme_jax import checkpoints as checkpoints_lib
 from hme_jax import evaluation, families, input_pipeline, metrics
 from hme_jax import saved_model
-from hme_jax.saved_model import LoadedModel
 
 
 def evaluate(workdir: str, *, checkpoint: str = "best", splits: list[str] | None = None,
@@ -33,7 +32,7 @@ def evaluate(workdir: str, *, checkpoint: str = "best", splits: list[str] | None
              batch_size: int = 0, max_samples: int = 0, output_dir: str = "",
              data_dir: str = "", manual_dir: str = "") -> dict:
   """Decodes ``splits`` and writes the report; returns it."""
-  model = LoadedModel(workdir, checkpoint)
+  model = saved_model.LoadedModel(workdir, checkpoint)
   config = model.config
   dataset_config = ml_collections.ConfigDict(config.dataset.to_dict())
   if data_dir:
@@ -90,7 +89,7 @@ def write_tsv(path: str, predictions: list[evaluation.Prediction]) -> None:
 
 def compute_logits(workdir: str, split: str, max_samples: int = 0, checkpoint: str = "best"):
   """CTC logits of a split, for benchmarks: a list of ``(logits [B, T, C], frame_paddings [B, T])``."""
-  model = LoadedModel(workdir, checkpoint, compute_dtype="float32")
+  model = saved_model.LoadedModel(workdir, checkpoint, compute_dtype="float32")
   if not isinstance(model.family, families.CTCFamily):
     raise ValueError(f"{workdir} holds a {model.config.model.name} model; logits need a CTC model.")
   builder = input_pipeline.dataset_builder(model.config.dataset)
