@@ -31,6 +31,7 @@ config_flags.DEFINE_config_file("config", "configs/vgg16.py", "Config for an unt
 flags.DEFINE_integer("images", 50, "Timed images.")
 flags.DEFINE_enum("decoder", "beam", ["greedy", "beam"], "Decoder.")
 flags.DEFINE_integer("beam_width", 10, "Beam width.")
+flags.DEFINE_bool("well_formed", False, "Constrain the beam to well-formed LaTeX.")
 
 
 def save_untrained(config, workdir: str) -> None:
@@ -54,7 +55,8 @@ def main(argv):
     workdir = tempfile.mkdtemp(prefix="predict_latency_")
     save_untrained(FLAGS.config, workdir)
   recognizer = predict.Recognizer.from_workdir(workdir, decoder=FLAGS.decoder,
-                                               beam_width=FLAGS.beam_width)
+                                               beam_width=FLAGS.beam_width,
+                                               well_formed=FLAGS.well_formed)
   rng = np.random.default_rng(0)
   photos = [255 - np.pad(render.render_expression(grammar.sample_expression(rng), rng), 20)
             for _ in range(FLAGS.images)]
@@ -70,7 +72,8 @@ def main(argv):
   latencies = 1e3 * np.array(latencies)
   config = recognizer.model.config
   print(f"model {config.model.name}/{config.model.get('backbone', '')}, input height "
-        f"{config.input.height}, {FLAGS.decoder} decoder (width {FLAGS.beam_width}), "
+        f"{config.input.height}, {FLAGS.decoder} decoder (width {FLAGS.beam_width}"
+        f"{', well-formed' if FLAGS.well_formed else ''}), "
         f"{jax.devices()[0].device_kind}, {os.cpu_count()} cores")
   print(f"predict latency per image over {len(latencies)} images: p50 "
         f"{np.percentile(latencies, 50):.1f} ms, p90 {np.percentile(latencies, 90):.1f} ms")

@@ -46,9 +46,8 @@ def evaluate(workdir: str, *, checkpoint: str = "best", splits: list[str] | None
   batch_size = evaluation.eval_batch_size(batch_size or config.eval.batch_size)
   if not output_dir:  # an exported model's directory may be inside the installed package
     output_dir = (os.path.join("eval", os.path.basename(model.workdir))
-                  if saved_model.is_export(model.workdir) else os.path.join(model.workdir, "eval"))
+                  if model.is_export else os.path.join(model.workdir, "eval"))
   os.makedirs(output_dir, exist_ok=True)
-  tag = f"{checkpoint}_{decoder}" + ("_wellformed" if well_formed else "")
 
   report = {"workdir": model.workdir, "checkpoint": checkpoint, "step": model.step,
             "decoder": decoder, "beam_width": beam_width if decoder == "beam" else None,
@@ -64,18 +63,29 @@ def evaluate(workdir: str, *, checkpoint: str = "best", splits: list[str] | None
                                   well_formed=well_formed)
     seconds = time.time() - start
     table = evaluation.summarize(predictions)
+    analysis = evaluation.error_analysis(predictions)
     report["splits"][split] = {"raw": table["all"]["raw"], "cleaned": table["all"]["clean"],
-                               "length_split": table, "seconds": seconds,
+                               "length_split": table, **analysis, "seconds": seconds,
                                "samples_per_second": len(predictions) / max(seconds, 1e-9)}
-    write_tsv(os.path.join(output_dir, f"predictions_{split}_{tag}.tsv"), predictions)
+    write_tsv(report_path(output_dir, checkpoint, decoder, well_formed, split), predictions)
     print(f"\n== {split}: {len(predictions)} expressions, {decoder} decoding, "
           f"checkpoint {checkpoint} (step {model.step}), {seconds:.1f} s")
     print(metrics.format_table(table, split_at=14))
-    path = os.path.join(output_dir, f"report_{tag}.json")
+    for name, groups in analysis.items():
+      print(f"\nby {name}:\n" + metrics.format_table(groups))
+    path = report_path(output_dir, checkpoint, decoder, well_formed)
     with open(path, "w") as f:  # after each split, so finished splits survive an interruption
       json.dump(report, f, indent=1)
   print(f"\nReport: {path}")
   return report
+
+
+def report_path(output_dir: str, checkpoint: str, decoder: str, well_formed: bool,
+                split: str = "") -> str:
+  """The report (``split`` empty) or a split's predictions TSV written by ``evaluate``."""
+  tag = f"{checkpoint}_{decoder}" + ("_wellformed" if well_formed else "")
+  return os.path.join(output_dir, f"predictions_{split}_{tag}.tsv" if split
+                      else f"report_{tag}.json")
 
 
 def write_tsv(path: str, predictions: list[evaluation.Prediction]) -> None:

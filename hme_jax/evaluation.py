@@ -120,6 +120,14 @@ def summarize(predictions: list[Prediction]) -> dict:
                                         [p.prediction for p in predictions])
 
 
+def error_analysis(predictions: list[Prediction]) -> dict:
+  """Scores by reference length and by layout structure: ``{"length"|"structure": table}``."""
+  accumulator = metrics_lib.MetricsAccumulator()
+  accumulator.add([p.reference for p in predictions], [p.prediction for p in predictions])
+  return {"length": accumulator.table(metrics_lib.length_groups()),
+          "structure": accumulator.table(metrics_lib.structure_groups())}
+
+
 def eval_batch_size(requested: int) -> int:
   """Rounds the eval batch up to a multiple of the local device count."""
   devices = jax.local_device_count()

@@ -139,6 +139,7 @@ class MetricsAccumulator:
   def __init__(self, split_at: int = 14, clean: CleanFn | None = latex.clean_tokens):
     self.split_at = split_at
     self.clean = clean
+    self.references: list[list[str]] = []
     self.raw: list[SampleStats] = []
     self.cleaned: list[SampleStats] = []
 
@@ -146,6 +147,7 @@ class MetricsAccumulator:
     _check_pairs(references, predictions)
     for reference, prediction in zip(references, predictions):
       reference, prediction = _as_tokens(reference), _as_tokens(prediction)
+      self.references.append(reference)
       self.raw.append(SampleStats.of(reference, prediction))
       if self.clean is not None:
         self.cleaned.append(SampleStats.of(reference, self.clean(prediction)))
@@ -157,21 +159,63 @@ class MetricsAccumulator:
     """``score`` of everything added so far (raw predictions)."""
     return summarize(self.raw)
 
-  def table(self) -> dict:
-    """``length_split_table`` of everything added so far."""
-    groups = {
-        "short": lambda s: s.reference_tokens <= self.split_at,
-        "long": lambda s: s.reference_tokens > self.split_at,
-        "all": lambda s: True,
-    }
+  def table(self, groups: dict[str, Callable[[list[str]], bool]] | None = None) -> dict:
+    """Scores per group of references: ``{name: {"raw": score, "clean": score}}``.
+
+    ``groups`` maps a name to a predicate on the reference tokens; the default
+    is the seed's length split (``length_split_table``).
+    """
+    if groups is None:
+      groups = {"short": lambda tokens: len(tokens) <= self.split_at,
+                "long": lambda tokens: len(tokens) > self.split_at,
+                "all": lambda tokens: True}
     table = {}
     for name, member in groups.items():
-      chosen = [i for i, s in enumerate(self.raw) if member(s)]
+      chosen = [i for i, reference in enumerate(self.references) if member(reference)]
       row = {"raw": summarize([self.raw[i] for i in chosen])}
       if self.clean is not None:
         row["clean"] = summarize([self.cleaned[i] for i in chosen])
       table[name] = row
     return table
+
+
+# Layout structures of CROHME expressions, by the tokens that make them (the
+# CROHME 2014 vocabulary has no matrices). An expression may be in several.
+STRUCTURE_TOKENS = {
+    "fraction": ("\\frac",),
+    "script": ("^", "_"),
+    "root": ("\\sqrt",),
+    "big operator": ("\\sum", "\\int", "\\lim"),
+}
+
+
+def structure_groups() -> dict[str, Callable[[list[str]], bool]]:
+  """``MetricsAccumulator.table`` groups: each structure, "flat" (none of them), "all"."""
+  def has(structure_tokens):
+    return lambda tokens: any(token in structure_tokens for token in tokens)
+  groups = {name: has(tokens) for name, tokens in STRUCTURE_TOKENS.items()}
+  every = tuple(token for tokens in STRUCTURE_TOKENS.values() for token in tokens)
+  groups["flat"] = lambda tokens: not has(every)(tokens)
+  groups["all"] = lambda tokens: True
+  return groups
+
+
+def length_groups(edges: Sequence[int] = (5, 10, 15, 25)) -> dict[str, Callable[[list[str]], bool]]:
+  """``MetricsAccumulator.table`` groups of reference lengths: "1-5", "6-10", ..., ">25"."""
+  groups, low = {}, 1
+  for high in edges:
+    groups[f"{low}-{high}"] = lambda tokens, low=low, high=high: low <= len(tokens) <= high
+    low = high + 1
+  groups[f">{edges[-1]}"] = lambda tokens: len(tokens) > edges[-1]
+  return groups
+
+
+def structure_table(references: Sequence[Tokens], predictions: Sequence[Tokens],
+                    clean: CleanFn | None = latex.clean_tokens) -> dict:
+  """Metrics per layout structure (``structure_groups``), same rows as ``length_split_table``."""
+  accumulator = MetricsAccumulator(clean=clean)
+  accumulator.add(references, predictions)
+  return accumulator.table(structure_groups())
 
 
 def length_split_table(references: Sequence[Tokens], predictions: Sequence[Tokens],

@@ -134,32 +134,38 @@ class Recognizer:
   def __call__(self, images):
     """One image (path, bytes, PIL image or array) -> its LaTeX; a list -> a list of LaTeX."""
     if isinstance(images, (list, tuple)):
-      return [r.latex for r in self.recognize([load_image(image) for image in images])]
-    return self.recognize([load_image(images)])[0].latex
+      return [r.latex for r in self.recognize(images)]
+    return self.recognize([images])[0].latex
 
-  def recognize(self, images: list[np.ndarray]) -> list[Recognition]:
-    """Greyscale ``uint8 [H, W]`` images (any polarity) -> one Recognition each.
+  def prepare(self, image) -> np.ndarray:
+    """Any image input -> the model's ``uint8 [h, w]`` (raises ImageError, NoInkError)."""
+    return prepare_image(load_image(image), self.input_config)
 
-    Read in batches of ``config.eval.batch_size``, so a long list streams.
+  def recognize(self, images) -> list[Recognition]:
+    """Images (paths, bytes, PIL images or arrays, any polarity) -> one Recognition each.
+
+    Read, prepared and decoded in batches of ``config.eval.batch_size``, so a
+    long list streams.
 
     Raises:
-      NoInkError: an image is blank (the message gives its position in the list).
+      ImageError: an image cannot be read, or is blank (NoInkError); the message
+        gives its position in the list.
     """
     results = []
     for start in range(0, len(images), self.batch_size):
-      results += self._recognize_batch(images[start:start + self.batch_size], start)
+      prepared = []
+      for index, image in enumerate(images[start:start + self.batch_size], start):
+        try:
+          prepared.append(self.prepare(image))
+        except ImageError as error:
+          raise type(error)(f"Image {index}: {error}" if len(images) > 1 else str(error)) from None
+      results += self.recognize_prepared(prepared)
     return results
 
-  def _recognize_batch(self, images: list[np.ndarray], offset: int) -> list[Recognition]:
-    examples = []
-    for index, image in enumerate(images):
-      try:
-        prepared = prepare_image(image, self.input_config)
-      except NoInkError as error:
-        raise NoInkError(f"Image {offset + index}: {error}" if offset or len(images) > 1
-                         else str(error)) from None
-      examples.append({"image": prepared, "labels": np.zeros(0, np.int32),
-                       "id": str(index), "ctc_feasible": True})
+  def recognize_prepared(self, images: list[np.ndarray]) -> list[Recognition]:
+    """Images already through ``prepare`` (at most one batch) -> one Recognition each."""
+    examples = [{"image": image, "labels": np.zeros(0, np.int32), "id": str(index),
+                 "ctc_feasible": True} for index, image in enumerate(images)]
     # Power-of-two batch sizes keep the number of compilations small.
     batch_size = 1 << (len(examples) - 1).bit_length()
     batch_size = max(batch_size, len(self.model.mesh.devices.flat))
@@ -230,16 +236,18 @@ def main(argv=None) -> int:
     print(f"error: {error}", file=sys.stderr)
     return 2
 
-  loaded, errors = {}, {}
+  prepared, errors = {}, {}
   for path in args.images:
     try:
-      loaded[path] = load_image(path)
-      prepare_image(loaded[path], recognizer.input_config)  # a blank image is this file's error
+      prepared[path] = recognizer.prepare(path)
     except (ImageError, OSError) as error:
-      loaded.pop(path, None)
       errors[path] = str(error)
       print(f"{path}: error: {error}", file=sys.stderr)
-  recognitions = dict(zip(loaded, recognizer.recognize(list(loaded.values()))))
+  paths = list(prepared)
+  recognitions = {}
+  for start in range(0, len(paths), recognizer.batch_size):
+    batch = paths[start:start + recognizer.batch_size]
+    recognitions.update(zip(batch, recognizer.recognize_prepared([prepared[p] for p in batch])))
 
   if args.json:
     records = [{"file": path, "latex": recognitions[path].latex,
@@ -251,7 +259,7 @@ def main(argv=None) -> int:
     for path, recognition in recognitions.items():
       print(recognition.latex if len(args.images) == 1 else f"{path}\t{recognition.latex}")
   if args.render and recognitions:
-    render(args.render, list(loaded.values()), [r.latex for r in recognitions.values()])
+    render(args.render, list(prepared.values()), [r.latex for r in recognitions.values()])
     print(f"Rendered to {args.render}", file=sys.stderr)
   return 1 if errors else 0
 

@@ -3,9 +3,12 @@
 An exported model is a directory of two files, small enough to ship in the
 package (``hme_jax/pretrained/``):
 
-  model.json      {"format", "config", "vocab", "step", "dtype", "source"}
+  model.json      {"format", "config", "vocab", "step", "dtype", "source", "scores"}
   params.msgpack  the variables (params, BatchNorm statistics) in ``dtype``,
                   serialised with ``flax.serialization``
+
+``scores`` holds the figures published for the model (``write_scores``), so
+that a test can check that the shipped files still reproduce them.
 
 ``LoadedModel(path)`` takes either kind of directory; ``export_model`` writes
 the second from the first.
@@ -68,7 +71,8 @@ class LoadedModel:
       raise checkpoints_lib.NoCheckpointError(f"The work dir {path!r} does not exist.")
     self.mesh = evaluation.make_mesh()
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    if is_export(self.workdir):
+    self.is_export = is_export(self.workdir)
+    if self.is_export:
       with open(os.path.join(self.workdir, MODEL_FILE)) as f:
         meta = json.load(f)
       if meta.get("format") != EXPORT_FORMAT:
@@ -76,17 +80,19 @@ class LoadedModel:
             f"{self.workdir}/{MODEL_FILE} has format {meta.get('format')!r}; this hme-jax "
             f"reads {EXPORT_FORMAT!r}. Export the model again with this version.")
       self.step = int(meta["step"])
+      self.scores = meta.get("scores", {})
       self.config = checkpoints_lib.config_from_json(meta["config"])
       self.vocab = Vocabulary.from_json(meta["vocab"])
     else:
       checkpoints = checkpoints_lib.Checkpoints(self.workdir, read_only=True)
       self.step = checkpoints.resolve(checkpoint)
+      self.scores = {}
       self.config, self.vocab = checkpoints.config_and_vocab(self.step)
     evaluation.use_compilation_cache(self.config.train.get("compilation_cache_dir", ""))
     dtype = evaluation.to_jnp_dtype(compute_dtype or self.config.train.compute_dtype)
     self.family = families.create_family(self.config, self.vocab, dtype)
     abstract = _abstract_variables(self.family, self.config, replicated)
-    if is_export(self.workdir):
+    if self.is_export:
       self.variables = _read_params(os.path.join(self.workdir, PARAMS_FILE), abstract)
     else:
       self.variables = checkpoints.restore_variables(self.step, abstract)
@@ -119,23 +125,41 @@ def _read_params(path: str, abstract: dict) -> dict:
 
 
 def export_model(workdir: str, output_dir: str, *, checkpoint: str | int = "best",
-                 dtype: str = "bfloat16") -> dict:
+                 dtype: str = "bfloat16", eval_settings: dict | None = None) -> dict:
   """Writes the variables of a work dir's checkpoint (in ``dtype``) with its config and vocabulary.
 
+  ``eval_settings`` replaces fields of the exported ``config.eval`` (the
+  defaults of ``predict`` and the web app), e.g. ``{"decoder": "beam"}``.
   Returns the ``model.json`` content.
   """
   model = LoadedModel(workdir, checkpoint, compute_dtype="float32")
+  config = model.config
+  for name, value in (eval_settings or {}).items():
+    if name not in config.eval:
+      raise KeyError(f"config.eval has no field {name!r} (fields: {sorted(config.eval)}).")
+    config.eval[name] = value
   os.makedirs(output_dir, exist_ok=True)
   variables = jax.tree.map(lambda leaf: np.asarray(jnp.asarray(leaf, dtype)),
                            jax.device_get(model.variables))
   with open(os.path.join(output_dir, PARAMS_FILE), "wb") as f:
     f.write(flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(variables)))
-  meta = {"format": EXPORT_FORMAT, "config": checkpoints_lib.config_to_json(model.config),
+  meta = {"format": EXPORT_FORMAT, "config": checkpoints_lib.config_to_json(config),
           "vocab": model.vocab.to_json(), "step": model.step, "dtype": dtype,
-          "source": {"workdir": os.path.basename(model.workdir), "checkpoint": str(checkpoint)}}
+          "source": {"workdir": os.path.basename(model.workdir), "checkpoint": str(checkpoint)},
+          "scores": {}}
   with open(os.path.join(output_dir, MODEL_FILE), "w") as f:
     json.dump(meta, f, indent=1)
   return meta
+
+
+def write_scores(export_dir: str, scores: dict) -> None:
+  """Records published figures in an exported model's ``model.json`` (merged by key)."""
+  path = os.path.join(export_dir, MODEL_FILE)
+  with open(path) as f:
+    meta = json.load(f)
+  meta["scores"] = {**meta.get("scores", {}), **scores}
+  with open(path, "w") as f:
+    json.dump(meta, f, indent=1)
 
 
 def main(argv=None) -> int:
@@ -146,9 +170,19 @@ def main(argv=None) -> int:
   parser.add_argument("--output", required=True, help="Directory to write the model into.")
   parser.add_argument("--checkpoint", default="best", help="best | latest | a step number.")
   parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  parser.add_argument("--decoder", choices=("greedy", "beam"),
+                      help="The exported model's default decoder (default: the work dir's).")
+  parser.add_argument("--beam_width", type=int)
+  parser.add_argument("--well_formed", choices=("true", "false"),
+                      help="Constrain the beam to well-formed LaTeX by default.")
   args = parser.parse_args(argv)
+  eval_settings = {name: value for name, value in (
+      ("decoder", args.decoder), ("beam_width", args.beam_width),
+      ("well_formed", None if args.well_formed is None else args.well_formed == "true"))
+      if value is not None}
   try:
-    meta = export_model(args.workdir, args.output, checkpoint=args.checkpoint, dtype=args.dtype)
+    meta = export_model(args.workdir, args.output, checkpoint=args.checkpoint, dtype=args.dtype,
+                        eval_settings=eval_settings)
   except FileNotFoundError as error:
     print(f"error: {error}", file=sys.stderr)
     return 2

@@ -47,6 +47,19 @@ def tiny_attention_config(data_dir: str):
 
 
 @pytest.fixture(scope="session")
+def crohme_data_dir(tmp_path_factory):
+  """A TFDS data dir holding ``crohme`` prepared from ``CROHME_ZIP`` (skips without it)."""
+  if not CROHME_ZIP.exists():
+    pytest.skip(f"CROHME archive not found at {CROHME_ZIP}")
+  import ml_collections
+  from hme_jax import input_pipeline
+  data_dir = tmp_path_factory.mktemp("tfds_crohme")
+  input_pipeline.dataset_builder(ml_collections.ConfigDict(
+      {"name": "crohme", "data_dir": str(data_dir), "manual_dir": str(CROHME_ZIP.parent)}))
+  return data_dir
+
+
+@pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory):
   """A TFDS data dir holding the prepared ``crohme_synthetic/tiny`` dataset."""
   from hme_jax import input_pipeline

@@ -5,7 +5,6 @@ length T scored by ``-optax.ctc_loss`` (its exact CTC log-probability).
 """
 
 import itertools
-import pathlib
 import zipfile
 
 import jax
@@ -13,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import CROHME_ZIP, requires_crohme
 from hme_jax import decoding
 from hme_jax.vocab import Vocabulary
 
@@ -320,10 +320,7 @@ def test_well_formed_on_crohme_examples():
   np.testing.assert_array_equal(got, [True] * len(good) + [False] * len(bad))
 
 
-CROHME_ZIP = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "crohme" / "data.zip"
-
-
-@pytest.mark.skipif(not CROHME_ZIP.exists(), reason=f"no CROHME data at {CROHME_ZIP}")
+@requires_crohme
 def test_well_formed_accepts_crohme_captions_like_the_reference():
   captions = []
   with zipfile.ZipFile(CROHME_ZIP) as archive:

@@ -146,3 +146,26 @@ def test_format_table():
   assert short_row.split()[2:5] == ["1", "20.00", "0.00"]      # n, TER %, ExpRate %
   all_row = next(line for line in lines if line.startswith("all"))
   assert all_row.split()[-2:] == ["20.00", "50.00"]            # TER clean, ExpRate clean
+
+
+def test_structure_table_groups_by_layout():
+  references = ["\\frac { 1 } { 2 }", "x ^ { 2 }", "\\sqrt { x } + y _ { 1 }", "a + b",
+                "\\sum _ { i } i"]
+  predictions = ["\\frac { 1 } { 2 }", "x ^ { 3 }", "\\sqrt { x } + y _ { 1 }", "a - b",
+                 "\\sum _ { i } i"]
+  table = metrics.structure_table(references, predictions)
+  counts = {name: row["raw"]["num_samples"] for name, row in table.items()}
+  # The root expression has a subscript too; the sum has a subscript.
+  assert counts == {"fraction": 1, "script": 3, "root": 1, "big operator": 1, "flat": 1, "all": 5}
+  assert table["fraction"]["raw"]["exprate"] == 1.0
+  assert table["script"]["raw"]["exprate"] == pytest.approx(2 / 3)
+  assert table["flat"]["raw"]["exprate"] == 0.0
+  assert table["all"]["raw"] == metrics.score(references, predictions)
+
+
+def test_length_groups_cover_every_length_once():
+  groups = metrics.length_groups((5, 10))
+  assert list(groups) == ["1-5", "6-10", ">10"]
+  for length in range(1, 30):
+    assert sum(member(["x"] * length) for member in groups.values()) == 1
+  assert groups["6-10"](["x"] * 10) and groups[">10"](["x"] * 11)

@@ -112,3 +112,20 @@ def test_bytes_that_are_no_image_name_the_problem(exported):
     recognizer(b"not an image at all")
   with pytest.raises(predict.ImageError):
     recognizer(io.BytesIO(b"").getvalue())
+
+
+def test_export_sets_decoder_defaults_and_records_scores(trained_workdir, tmp_path):
+  path = str(tmp_path / "beam_default")
+  saved_model.export_model(trained_workdir, path, eval_settings={"decoder": "beam",
+                                                                 "well_formed": True})
+  recognizer = predict.Recognizer.from_workdir(path)
+  assert (recognizer.decoder, recognizer.well_formed) == ("beam", True)
+  assert saved_model.LoadedModel(path).scores == {}
+  saved_model.write_scores(path, {"2014": {"exprate": 0.25}})
+  saved_model.write_scores(path, {"2016": {"exprate": 0.2}})
+  assert saved_model.LoadedModel(path).scores == {"2014": {"exprate": 0.25},
+                                                  "2016": {"exprate": 0.2}}
+  with pytest.raises(KeyError, match="no field 'decodr'"):
+    saved_model.export_model(trained_workdir, str(tmp_path / "typo"),
+                             eval_settings={"decodr": "beam"})
+  assert not os.path.exists(tmp_path / "typo" / saved_model.PARAMS_FILE)
