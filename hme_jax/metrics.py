@@ -210,14 +210,6 @@ def length_groups(edges: Sequence[int] = (5, 10, 15, 25)) -> dict[str, Callable[
   return groups
 
 
-def structure_table(references: Sequence[Tokens], predictions: Sequence[Tokens],
-                    clean: CleanFn | None = latex.clean_tokens) -> dict:
-  """Metrics per layout structure (``structure_groups``), same rows as ``length_split_table``."""
-  accumulator = MetricsAccumulator(clean=clean)
-  accumulator.add(references, predictions)
-  return accumulator.table(structure_groups())
-
-
 def length_split_table(references: Sequence[Tokens], predictions: Sequence[Tokens],
                        split_at: int = 14,
                        clean: CleanFn | None = latex.clean_tokens) -> dict:

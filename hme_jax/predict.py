@@ -144,26 +144,30 @@ class Recognizer:
   def recognize(self, images) -> list[Recognition]:
     """Images (paths, bytes, PIL images or arrays, any polarity) -> one Recognition each.
 
-    Read, prepared and decoded in batches of ``config.eval.batch_size``, so a
-    long list streams.
+    Each image is read and prepared on its own (only the small prepared
+    images are kept), then decoded in batches (``recognize_prepared``).
 
     Raises:
       ImageError: an image cannot be read, or is blank (NoInkError); the message
         gives its position in the list.
     """
-    results = []
-    for start in range(0, len(images), self.batch_size):
-      prepared = []
-      for index, image in enumerate(images[start:start + self.batch_size], start):
-        try:
-          prepared.append(self.prepare(image))
-        except ImageError as error:
-          raise type(error)(f"Image {index}: {error}" if len(images) > 1 else str(error)) from None
-      results += self.recognize_prepared(prepared)
-    return results
+    prepared = []
+    for index, image in enumerate(images):
+      try:
+        prepared.append(self.prepare(image))
+      except ImageError as error:
+        raise type(error)(f"Image {index}: {error}" if len(images) > 1 else str(error)) from None
+    return self.recognize_prepared(prepared)
 
   def recognize_prepared(self, images: list[np.ndarray]) -> list[Recognition]:
-    """Images already through ``prepare`` (at most one batch) -> one Recognition each."""
+    """Images already through ``prepare`` -> one Recognition each, decoded in batches of
+    ``config.eval.batch_size`` so that a long list streams."""
+    results = []
+    for start in range(0, len(images), self.batch_size):
+      results += self._decode_batch(images[start:start + self.batch_size])
+    return results
+
+  def _decode_batch(self, images: list[np.ndarray]) -> list[Recognition]:
     examples = [{"image": image, "labels": np.zeros(0, np.int32), "id": str(index),
                  "ctc_feasible": True} for index, image in enumerate(images)]
     # Power-of-two batch sizes keep the number of compilations small.
@@ -236,18 +240,15 @@ def main(argv=None) -> int:
     print(f"error: {error}", file=sys.stderr)
     return 2
 
-  prepared, errors = {}, {}
+  originals, prepared, errors = {}, {}, {}
   for path in args.images:
     try:
-      prepared[path] = recognizer.prepare(path)
+      originals[path] = load_image(path)
+      prepared[path] = prepare_image(originals[path], recognizer.input_config)
     except (ImageError, OSError) as error:
       errors[path] = str(error)
       print(f"{path}: error: {error}", file=sys.stderr)
-  paths = list(prepared)
-  recognitions = {}
-  for start in range(0, len(paths), recognizer.batch_size):
-    batch = paths[start:start + recognizer.batch_size]
-    recognitions.update(zip(batch, recognizer.recognize_prepared([prepared[p] for p in batch])))
+  recognitions = dict(zip(prepared, recognizer.recognize_prepared(list(prepared.values()))))
 
   if args.json:
     records = [{"file": path, "latex": recognitions[path].latex,
@@ -259,7 +260,7 @@ def main(argv=None) -> int:
     for path, recognition in recognitions.items():
       print(recognition.latex if len(args.images) == 1 else f"{path}\t{recognition.latex}")
   if args.render and recognitions:
-    render(args.render, list(prepared.values()), [r.latex for r in recognitions.values()])
+    render(args.render, [originals[path] for path in recognitions], [r.latex for r in recognitions.values()])
     print(f"Rendered to {args.render}", file=sys.stderr)
   return 1 if errors else 0
 

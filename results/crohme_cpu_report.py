@@ -27,7 +27,6 @@ EVALUATIONS = (
     ("beam10", "checkpoint", "beam", False),
     ("beam10_wellformed", "checkpoint", "beam", True),
     ("export_greedy", "export", "greedy", False),
-    ("export_beam10_wellformed", "export", "beam", True),
     ("export_default", "export", None, None),
 )
 
@@ -112,8 +111,9 @@ def main() -> None:
     if wanted is not None and name not in wanted:
       continue
     if decoder is None:
-      defaults = saved_model.LoadedModel(args.export).config.eval
-      decoder, well_formed = defaults.decoder, defaults.well_formed
+      with open(os.path.join(args.export, saved_model.MODEL_FILE)) as f:
+        defaults = json.load(f)["config"]["eval"]
+      decoder, well_formed = defaults["decoder"], defaults["well_formed"]
     output_dir = os.path.join(eval_dir, name)
     path = evaluate.report_path(output_dir, "best", decoder, well_formed)
     if os.path.exists(path):

@@ -153,7 +153,9 @@ def test_structure_table_groups_by_layout():
                 "\\sum _ { i } i"]
   predictions = ["\\frac { 1 } { 2 }", "x ^ { 3 }", "\\sqrt { x } + y _ { 1 }", "a - b",
                  "\\sum _ { i } i"]
-  table = metrics.structure_table(references, predictions)
+  accumulator = metrics.MetricsAccumulator()
+  accumulator.add(references, predictions)
+  table = accumulator.table(metrics.structure_groups())
   counts = {name: row["raw"]["num_samples"] for name, row in table.items()}
   # The root expression has a subscript too; the sum has a subscript.
   assert counts == {"fraction": 1, "script": 3, "root": 1, "big operator": 1, "flat": 1, "all": 5}
