@@ -238,7 +238,9 @@ def test_upload_a_good_and_a_bad_file(page, recognizer):
   Image.fromarray(image).save(buffer, format="JPEG")
   page.set_input_files("#file", files=[
       {"name": "formula.jpg", "mimeType": "image/jpeg", "buffer": buffer.getvalue()}])
-  assert page.is_visible("#upload-preview") and not page.is_visible("#pad")
+  # The preview has a size (is visible) only once the browser has decoded the image.
+  page.wait_for_selector("#upload-preview", state="visible")
+  assert not page.is_visible("#pad")
   assert "formula.jpg" in page.inner_text("#upload-name")
   page.click("#recognise")
   page.wait_for_function("(expected) => document.getElementById('latex').textContent === expected",
@@ -275,7 +277,8 @@ def test_paste_or_drop_an_image(page, recognizer, how):
           new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
     }
   }""", [how, base64.b64encode(buffer.getvalue()).decode()])
-  assert page.is_visible("#upload-preview")
+  page.wait_for_selector("#upload-preview", state="visible")
+  assert not page.is_visible("#pad")
   page.keyboard.press("Control+Enter")  # the shortcut for Recognise
   page.wait_for_function("(expected) => document.getElementById('latex').textContent === expected",
                          arg=expected_latex(90, 210))
