@@ -5,7 +5,9 @@
   python benchmarks/train_throughput.py --config configs/attention.py --height 176 --width 640 \
       --label_length 80 --torch=false       # one canvas; no PyTorch twin for this family
 
-Also prints GFLOP/s (XLA's cost analysis of the compiled step over its time;
+Also prints the time to the first step (initialisation, compilation, one step; the
+trainer's ``seconds_to_first_step`` in metrics.json also counts reading the data),
+GFLOP/s (XLA's cost analysis of the compiled step over its time;
 ``--config.model.conv_gradient=xla`` vs ``matmul`` compares the convolution
 gradients), and the seconds to initialise the model and to compile the step (on an
 accelerator, XLA's autotuning is part of that: ``XLA_FLAGS=--xla_gpu_autotune_level=0``
@@ -24,10 +26,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from benchmarks.batches import random_batch  # noqa: E402
 from hme_jax import evaluation, families, trainer  # noqa: E402
 from hme_jax.vocab import Vocabulary  # noqa: E402
 
@@ -46,19 +48,6 @@ flags.DEFINE_integer("data_batches", 0, "If > 0: time the step on this many real
                      "end-to-end img/s.")
 
 
-def random_batch(batch_size, height, width, label_length, num_classes, width_downsample):
-  rng = np.random.default_rng(0)
-  widths = rng.integers(width // 2, width + 1, batch_size).astype(np.int32)
-  frames = -(-widths // width_downsample)
-  label_lengths = np.minimum(rng.integers(5, label_length + 1, batch_size), frames // 2).astype(np.int32)
-  labels = rng.integers(1, num_classes, (batch_size, label_length)).astype(np.int32)
-  labels[np.arange(label_length)[None, :] >= label_lengths[:, None]] = 0
-  images = rng.integers(0, 256, (batch_size, height, width, 1)).astype(np.uint8)
-  return {"images": images, "image_widths": widths,
-          "image_heights": np.full(batch_size, height, np.int32), "labels": labels,
-          "label_lengths": label_lengths, "sample_mask": np.ones(batch_size, np.float32)}
-
-
 def real_batches(config, count):
   """The first ``count`` training batches of the config's dataset, and its vocabulary."""
   from hme_jax import input_pipeline
@@ -75,9 +64,9 @@ def time_jax(config, batch, steps, batches=None, vocab=None):
   family = families.create_family(config, vocab, evaluation.to_jnp_dtype(config.train.compute_dtype))
   mesh = evaluation.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  start = time.perf_counter()
-  state, optimizer, _ = trainer.create_train_state(family, config, 1000, batch, jax.random.PRNGKey(0))
-  state = jax.device_put(state, replicated)
+  start = first_step_start = time.perf_counter()
+  state, optimizer, _ = trainer.create_train_state(family, config, 1000, batch, jax.random.PRNGKey(0),
+                                                   replicated)
   jax.block_until_ready(state)
   print(f"JAX initialisation: {time.perf_counter() - start:.1f} s", flush=True)
   step = jax.jit(lambda s, b: trainer.train_step(family, optimizer, s, b, jax.random.PRNGKey(1)),
@@ -95,7 +84,11 @@ def time_jax(config, batch, steps, batches=None, vocab=None):
   costs = [c.cost_analysis() for c in compiled]
   flops = sum(float(((c[0] if isinstance(c, (list, tuple)) else c) or {}).get("flops", 0.0))
               for c in costs) / len(costs)  # a list in older JAX
-  for index in range(3):
+  state, sums = compiled[0](state, device_batches[0])
+  jax.block_until_ready(sums)
+  print(f"JAX time to first step (initialisation, compilation of every shape, one step): "
+        f"{time.perf_counter() - first_step_start:.1f} s", flush=True)
+  for index in range(1, 3):
     state, sums = compiled[index % len(compiled)](state, device_batches[index % len(compiled)])
   jax.block_until_ready(sums)
   steps = max(steps, len(compiled)) if batches else steps

@@ -62,11 +62,12 @@ def get_config():
   config.model.dense_blocks = 3             # stride 2 ** (dense_blocks + 1)
   config.model.compression = 0.5
   config.model.encoder_dropout = 0.2
-  # True: the same function compiled as one layer per dense block (nn.scan): 2.2x faster
-  # initialisation and compilation on CPU (the unrolled 48 layers took 50 s to initialise
-  # and over 50 s per batch shape to compile on an H200), but a 13x slower step on CPU.
-  # Its GPU step time is unmeasured: see results/README.md.
+  # True: the same function compiled as one layer per dense block (nn.scan); the unrolled
+  # 48 layers took 50 s to initialise and over 50 s per batch shape to compile on an H200.
+  # CPU compile vs step times of both, with and without remat: results/README.md ("DenseNet
+  # dense blocks"); the GPU choice is made from the GPU run (results/run_crohme.sh).
   config.model.scan_dense_layers = False
+  config.model.remat_dense_layers = False   # True: nn.remat each dense layer (recomputed in backprop)
   # Decoder: post-norm Transformer with coverage.
   config.model.d_model = 256
   config.model.num_heads = 8

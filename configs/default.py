@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.input.sort_window = 16             # >0: batch samples of like size (sorted within windows
                                             # of this many shuffled batches); eval in size order
   config.input.cache_in_memory = True       # decode and crop every image once per run
+  config.input.device_resident = False     # keep the fitted training split in device memory and
+                                            # gather + augment batches inside the step
+                                            # (hme_jax/device_data.py); one JAX process only
   config.input.worker_count = 0             # grain worker processes (0 = in the main process)
   config.input.prefetch = 2                 # batches prefetched per worker
 
@@ -45,8 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.shear = 0.15
   config.augment.brightness = 0.2           # the seed's ColorJitter
   config.augment.contrast = 0.2
-  config.augment.elastic_alpha = 8.0        # pixels of displacement; 0 disables
-  config.augment.elastic_sigma = 5.0
+  config.augment.elastic_alpha = 3.0        # pixels of displacement at most; 0 disables
+  config.augment.elastic_sigma = 10.0       # pixels over which it varies: at most 2 x alpha,
+                                            # or strokes fold (8 over 5 tore them apart)
   config.augment.stroke_probability = 0.3   # thicken or thin the strokes
 
   # --- model -----------------------------------------------------------------

@@ -89,7 +89,7 @@ class Checkpoints:
         preservation_policy=policy,
         best_fn=lambda metrics: metrics[BEST_METRIC], best_mode="max",
         save_interval_steps=save_interval_steps, read_only=read_only,
-        create=not read_only, enable_async_checkpointing=False)
+        create=not read_only, enable_async_checkpointing=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
 
@@ -159,11 +159,11 @@ class Checkpoints:
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
             meta=ocp.args.JsonSave(meta)),
         metrics=metrics, force=force)
-    self.manager.wait_until_finished()
-    return saved
+    return saved  # written in the background; the next save, a restore or close() waits for it
 
   def restore(self, step: int, abstract_state, with_data: bool = True):
     """Restores ``(state, data_state, meta)``; ``abstract_state`` gives shapes and shardings."""
+    self.manager.wait_until_finished()
     items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
     if with_data:
       items["data"] = ocp.args.JsonRestore()

@@ -224,6 +224,17 @@ class PadBatch:
     return {"images": images, "labels": labels, **batch}
 
 
+def batch_spec(batch_size: int, shape: tuple[int, int, int]) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of a batch of padded ``(height, width, label_length)`` (without ``ids``)."""
+  height, width, label_length = shape
+  spec = {"images": ((batch_size, height, width, 1), np.uint8),
+          "labels": ((batch_size, label_length), np.int32),
+          "image_heights": ((batch_size,), np.int32), "image_widths": ((batch_size,), np.int32),
+          "label_lengths": ((batch_size,), np.int32), "ctc_feasible": ((batch_size,), np.float32),
+          "sample_mask": ((batch_size,), np.float32)}
+  return {key: jax.ShapeDtypeStruct(*value) for key, value in spec.items()}
+
+
 def dummy_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """A batch of blank images in the pipeline's layout (for shapes: init, restore)."""
   height = config.input.height or preprocessing.MIN_NATIVE_SIZE
@@ -243,14 +254,14 @@ def per_process_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def _ctc_width_downsample(config) -> int | None:
+def ctc_width_downsample(config) -> int | None:
   return config.model.width_downsample if config.model.name == "crnn" else None
 
 
-def _check_shapes(config) -> BatchShapes:
+def check_shapes(config) -> BatchShapes:
   """The batch shapes of ``config.input``; a clear error for an inconsistent geometry."""
   shapes = BatchShapes.from_config(config.input)
-  step = _ctc_width_downsample(config)
+  step = ctc_width_downsample(config)
   height = config.input.height
   if step and not height:
     raise ValueError("The CRNN needs one image height: set config.input.height > 0 "
@@ -285,13 +296,24 @@ def _check_shapes(config) -> BatchShapes:
   return shapes
 
 
+def check_augment(augment_config: ml_collections.ConfigDict) -> None:
+  """A clear error for an elastic field that would tear strokes apart."""
+  cfg = augment_config
+  if cfg.enabled and cfg.elastic_alpha > 0 and cfg.elastic_alpha > cfg.elastic_sigma / 2:
+    raise ValueError(
+        f"config.augment.elastic_alpha={cfg.elastic_alpha} is more than half of "
+        f"config.augment.elastic_sigma={cfg.elastic_sigma}: neighbouring points would move "
+        "apart by more than their distance and strokes fold over. Lower elastic_alpha or raise "
+        "elastic_sigma (the default is 3 over 10 pixels).")
+
+
 def _shard_for_process(dataset: grain.MapDataset, max_samples: int) -> grain.MapDataset:
   if max_samples:
     dataset = dataset[:max_samples]
   return dataset[jax.process_index()::jax.process_count()]
 
 
-def _examples(config, source, vocab: Vocabulary, max_samples: int) -> grain.MapDataset:
+def encoded_examples(config, source, vocab: Vocabulary, max_samples: int) -> grain.MapDataset:
   """This process's share of ``source`` as encoded examples (``EncodeLabel``).
 
   With ``config.input.cache_in_memory`` every image is decoded and cropped
@@ -306,9 +328,9 @@ def _examples(config, source, vocab: Vocabulary, max_samples: int) -> grain.MapD
       grain.ReadOptions(num_threads=threads))))
 
 
-def _fitted(config, examples: grain.MapDataset) -> grain.MapDataset:
+def fitted(config, examples: grain.MapDataset) -> grain.MapDataset:
   """Model-geometry images of encoded examples, without augmentation."""
-  return examples.map(FitImage(config.input, _ctc_width_downsample(config)))
+  return examples.map(FitImage(config.input, ctc_width_downsample(config)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,8 +389,9 @@ def train_dataset(config, source, vocab: Vocabulary) -> grain.MapDataset:
   Only full batches are made, so every epoch has
   ``steps_per_epoch(config, len(source))`` steps.
   """
-  shapes = _check_shapes(config)
-  examples = _examples(config, source, vocab, config.dataset.max_train_samples)
+  shapes = check_shapes(config)
+  check_augment(config.augment)
+  examples = encoded_examples(config, source, vocab, config.dataset.max_train_samples)
   batch_size = per_process_batch_size(config.train.batch_size)
   if config.input.get("sort_window", 0):  # absent from configs saved before it existed
     order = sorted_batch_order(size_keys(config, examples), batch_size,
@@ -378,22 +401,22 @@ def train_dataset(config, source, vocab: Vocabulary) -> grain.MapDataset:
     dataset = examples.seed(config.seed).shuffle().repeat(config.train.num_epochs)
   if config.augment.enabled:
     dataset = dataset.random_map(Augment(config.augment))
-  dataset = _fitted(config, dataset)
+  dataset = fitted(config, dataset)
   return dataset.batch(batch_size, drop_remainder=True, batch_fn=PadBatch(batch_size, shapes))
 
 
 def eval_dataset(config, source, vocab: Vocabulary, batch_size: int | None = None,
                  max_samples: int | None = None) -> grain.MapDataset:
   """Every sample of a split once, in full (masked) batches; in size order with ``sort_window``."""
-  shapes = _check_shapes(config)
+  shapes = check_shapes(config)
   if max_samples is None:
     max_samples = config.dataset.max_eval_samples
-  examples = _examples(config, source, vocab, max_samples)
+  examples = encoded_examples(config, source, vocab, max_samples)
   if config.input.get("sort_window", 0):  # absent from configs saved before it existed
     order = np.argsort(size_keys(config, examples), kind="stable")
     examples = grain.MapDataset.source(_Reordered(examples, order))
   batch_size = per_process_batch_size(batch_size or config.eval.batch_size)
-  return _fitted(config, examples).batch(batch_size, batch_fn=PadBatch(batch_size, shapes))
+  return fitted(config, examples).batch(batch_size, batch_fn=PadBatch(batch_size, shapes))
 
 
 def steps_per_epoch(config, num_train_records: int) -> int:
@@ -418,9 +441,9 @@ def to_iterator(dataset: grain.MapDataset, worker_count: int = 0, prefetch: int 
 
 def count_infeasible(config, source, vocab: Vocabulary, max_samples: int = 0) -> tuple[int, list[str]]:
   """Samples of ``source`` whose label cannot fit their CTC frames (without augmentation)."""
-  step = _ctc_width_downsample(config)
+  step = ctc_width_downsample(config)
   if not step:
     return 0, []
-  dataset = _fitted(config, _examples(config, source, vocab, max_samples))
+  dataset = fitted(config, encoded_examples(config, source, vocab, max_samples))
   infeasible = [example["id"] for example in dataset if not example["ctc_feasible"]]
   return len(infeasible), infeasible

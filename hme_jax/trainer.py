@@ -10,6 +10,7 @@ Re-running with the same work dir resumes from the latest checkpoint.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import math
@@ -27,7 +28,7 @@ import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hme_jax import checkpoints as checkpoints_lib
-from hme_jax import evaluation, families, input_pipeline, models
+from hme_jax import device_data, evaluation, families, input_pipeline, models
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -101,22 +102,60 @@ def train_step(family, optimizer, state: TrainState, batch: dict, base_rng: jax.
                        opt_state=opt_state), metric_sums
 
 
-def create_train_state(family, config: ml_collections.ConfigDict, steps_per_epoch: int,
-                       batch: dict, rng: jax.Array):
-  """Initial variables (ImageNet weights if configured), optimiser and plateau state.
+def device_train_step(family, optimizer, augment_config, fixed_height: int,
+                      ctc_width_downsample: int | None, state: TrainState,
+                      inputs: tuple[dict, jax.Array], base_rng: jax.Array):
+  """``train_step`` on ``inputs = (group, indices [B])``: samples of a device-resident group
+  (``device_data``), gathered and augmented inside the step."""
+  group, indices = inputs
+  augment_rng = None
+  if augment_config.enabled:
+    augment_rng = jax.random.fold_in(jax.random.fold_in(base_rng, state.step), 1)
+  batch = device_data.make_batch(group, indices, augment_rng, augment_config, fixed_height,
+                                 ctc_width_downsample)
+  return train_step(family, optimizer, state, batch, base_rng)
 
-  Returns ``(state, optimizer, plateau)``.
+
+def make_initializer(family, config: ml_collections.ConfigDict, steps_per_epoch: int,
+                     batch: dict, sharding=None):
+  """``(init, optimizer, plateau)``; ``init(rng, inputs) -> TrainState`` is jitted onto ``sharding``.
+
+  ``inputs`` are ``batch`` without ``ids``. ``jax.eval_shape(init, rng, inputs)``
+  gives the restore target of a resumed run without initialising anything.
   """
-  variables = family.init(rng, {k: v for k, v in batch.items() if k != "ids"})
-  if config.model.get("pretrained_path"):
-    from hme_jax.models import torch_import  # needs torch, only for this
-    variables = torch_import.load_torchvision_weights(variables, config.model)
-  params = variables.pop("params")
-  trainable = models.trainable_mask(params, config.model) if config.model.name == "crnn" else None
+  inputs = {k: v for k, v in batch.items() if k != "ids"}
+  trainable = None
+  if config.model.name == "crnn":
+    abstract_params = jax.eval_shape(family.init, jax.random.PRNGKey(0), inputs)["params"]
+    trainable = models.trainable_mask(abstract_params, config.model)
   optimizer = make_optimizer(config.train, steps_per_epoch, trainable)
   plateau = make_plateau(config.train)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, extra_variables=variables,
-                     opt_state=optimizer.init(params), plateau=plateau.init(params))
+
+  def init(rng, inputs):
+    variables = dict(family.init(rng, inputs))
+    params = variables.pop("params")
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, extra_variables=variables,
+                      opt_state=optimizer.init(params), plateau=plateau.init(params))
+
+  return jax.jit(init, out_shardings=sharding), optimizer, plateau
+
+
+def create_train_state(family, config: ml_collections.ConfigDict, steps_per_epoch: int,
+                       batch: dict, rng: jax.Array, sharding=None):
+  """Initial variables (ImageNet weights if configured), optimiser and plateau state.
+
+  Returns ``(state, optimizer, plateau)``; the state is initialised on ``sharding``.
+  """
+  init, optimizer, plateau = make_initializer(family, config, steps_per_epoch, batch, sharding)
+  state = init(rng, {k: v for k, v in batch.items() if k != "ids"})
+  if config.model.get("pretrained_path"):
+    from hme_jax.models import torch_import  # needs torch, only for this
+    variables = torch_import.load_torchvision_weights(jax.device_get(state.variables),
+                                                      config.model)
+    params = variables.pop("params")
+    state = state.replace(params=params, extra_variables=variables,
+                          opt_state=optimizer.init(params), plateau=plateau.init(params))
+    state = jax.device_put(state, sharding) if sharding is not None else state
   return state, optimizer, plateau
 
 
@@ -146,8 +185,8 @@ class Summaries:
 class SteadyThroughput:
   """Training images per second between host syncs, leaving out spans that compiled a shape.
 
-  The first batch of each new shape compiles the step (seconds to minutes on an
-  accelerator); the median rate of the other spans is the steady throughput.
+  A batch of a shape not compiled ahead compiles the step (seconds to minutes on
+  an accelerator); the median rate of the other spans is the steady throughput.
   """
 
   def __init__(self):
@@ -158,9 +197,9 @@ class SteadyThroughput:
   def restart(self) -> None:
     self.start, self.images, self.compiled = time.time(), 0, False
 
-  def add(self, batch: dict, images: int) -> None:
-    shape = tuple(batch["images"].shape) + tuple(batch["labels"].shape)
-    self.compiled |= shape not in self.shapes
+  def add(self, shape: tuple[int, ...], images: int, compiled: bool) -> None:
+    """``shape``: the batch's images and labels shapes, ``compiled``: whether this step compiled."""
+    self.compiled |= compiled
     self.shapes.add(shape)
     self.images += images
 
@@ -204,8 +243,138 @@ def validate(family, variables: dict, eval_data, mesh) -> dict[str, float]:
 # --- the loop ------------------------------------------------------------------------
 
 
+def batch_key(images_shape, labels_shape) -> tuple[int, ...]:
+  """What identifies a compiled step: ``images [B, H, W, 1]`` and ``labels [B, L]`` shapes."""
+  return tuple(int(v) for v in images_shape) + tuple(int(v) for v in labels_shape)
+
+
+def _abstract(tree, sharding=None):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=sharding if sharding is not None else x.sharding), tree)
+
+
+class TrainFeed:
+  """Where training batches come from, and the step program that eats them.
+
+  Host feed: the Grain pipeline's NumPy batches, sharded onto the mesh each
+  step; its iterator state is checkpointed. Device feed
+  (``config.input.device_resident``): the split lives on the devices
+  (``device_data``); a step gets a group and ``[B]`` indices, and the step
+  number is the data position.
+  """
+
+  def __init__(self, config, family, train_source, vocab, mesh):
+    self.config, self.mesh = config, mesh
+    self.batch_size = config.train.batch_size
+    self.device_resident = bool(config.input.get("device_resident", False))  # absent before it
+    if self.device_resident:
+      self.data = device_data.build(config, train_source, vocab, mesh)
+      self.steps_per_epoch = self.data.steps_per_epoch
+      self.shapes = list(self.data.shapes)
+      self.step_fn = None  # set by compile_programs
+    else:
+      self.dataset = input_pipeline.train_dataset(config, train_source, vocab)
+      self.iterator = input_pipeline.to_iterator(self.dataset, config.input.worker_count,
+                                                 config.input.prefetch)
+      self.steps_per_epoch = input_pipeline.steps_per_epoch(config, len(train_source))
+      # Canvases are every shape a batch takes (but for over-long labels); bucket widths
+      # times label lengths are too many to compile ahead: those compile when met.
+      self.shapes = list(input_pipeline.BatchShapes.from_config(config.input).canvases)
+
+  def describe(self) -> str:
+    if self.device_resident:
+      return (f"{self.data.num_samples} training images in device memory "
+              f"({self.data.nbytes / 2**20:.0f} MiB, {len(self.shapes)} groups)")
+    return "training images from the host input pipeline"
+
+  def keys(self) -> list[tuple[int, ...]]:
+    return [batch_key((self.batch_size, h, w, 1), (self.batch_size, length))
+            for h, w, length in self.shapes]
+
+  def make_step(self, family, optimizer, replicated):
+    """The jitted step (the state is donated); its arguments after the state: ``inputs, rng``."""
+    if self.device_resident:
+      step = functools.partial(
+          device_train_step, family, optimizer, self.config.augment, self.config.input.height,
+          input_pipeline.ctc_width_downsample(self.config))
+      self.step_fn = jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
+    else:
+      self.step_fn = jax.jit(functools.partial(train_step, family, optimizer), donate_argnums=0,
+                             out_shardings=(replicated, replicated))
+    return self.step_fn
+
+  def abstract_inputs(self, index: int):
+    if self.device_resident:
+      return (_abstract(self.data.groups[index]), self.data.abstract_indices())
+    sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+    spec = input_pipeline.batch_spec(self.batch_size, self.shapes[index])
+    return {key: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
+            for key, v in spec.items()}
+
+  def next(self, step: int):
+    """``(key, inputs, seconds waited for the input pipeline)`` of training step ``step``."""
+    if self.device_resident:
+      group, indices = self.data.batch_at(step)
+      return self.keys()[group], (self.data.groups[group], indices), 0.0
+    wait_start = time.time()
+    batch = next(self.iterator)
+    waited = time.time() - wait_start
+    return (batch_key(batch["images"].shape, batch["labels"].shape),
+            evaluation.shard_batch(batch, self.mesh), waited)
+
+  def get_state(self) -> dict:
+    if self.device_resident:
+      return {"device_resident": True}
+    return self.iterator.get_state()
+
+  def set_state(self, data_state: dict) -> None:
+    saved = bool(data_state.get("device_resident", False))
+    if saved != self.device_resident:
+      raise checkpoints_lib.CheckpointMismatchError(
+          f"This work dir was trained with config.input.device_resident={saved}; resuming "
+          f"with {self.device_resident} would change the order of the training data. Re-run "
+          f"with --config.input.device_resident={saved}, or use a new --workdir.")
+    if not self.device_resident:
+      self.iterator.set_state(data_state)
+
+
+def compile_programs(step_fn, abstract_state, feed: TrainFeed, rng, pool) -> dict:
+  """Compiles the step for every batch shape of ``feed`` ahead of time, in ``pool``'s threads.
+
+  Returns ``{key: future of the compiled program}``.
+  """
+  rng_spec = _abstract(rng)
+  return {key: pool.submit(lambda index: step_fn.lower(
+              abstract_state, feed.abstract_inputs(index), rng_spec).compile(), index)
+          for index, key in enumerate(feed.keys())}
+
+
+def warm_up_evaluation(family, abstract_variables, config, mesh, beam: bool) -> None:
+  """Runs the validation step (and the beam search, if ``beam``) once on each eval canvas.
+
+  Meant for a background thread while training runs: the programs are then in
+  this process's jit cache and JAX's persistent cache (for ``evaluate``).
+  """
+  shapes = input_pipeline.BatchShapes.from_config(config.input).canvases
+  if not shapes:
+    return
+  batch_size = evaluation.eval_batch_size(config.eval.batch_size)
+  variables = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype, device=x.sharding),
+                           abstract_variables)
+  for shape in shapes:
+    spec = input_pipeline.batch_spec(batch_size, shape)
+    batch = evaluation.shard_batch({k: np.zeros(v.shape, v.dtype) for k, v in spec.items()}, mesh)
+    jax.block_until_ready(evaluation.eval_step(family, variables, batch))
+    if beam:
+      images = {key: batch[key] for key in evaluation.IMAGE_KEYS}
+      jax.block_until_ready(evaluation.beam_step(
+          family, variables, images, config.eval.beam_width, config.eval.get("max_length", 0),
+          config.eval.well_formed))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the history."""
+  process_start = time.time()
   if config.distributed:
     jax.distributed.initialize()
   # Absent from configs saved before it existed.
@@ -220,55 +389,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     vocab.save(workdir)
 
-  train_source = input_pipeline.data_source(builder, config.dataset.train_split)
-  eval_source = input_pipeline.data_source(builder, config.dataset.eval_split)
-  steps_per_epoch = input_pipeline.steps_per_epoch(config, len(train_source))
-  total_steps = steps_per_epoch * config.train.num_epochs
-  if config.train.max_steps:
-    total_steps = min(total_steps, config.train.max_steps)
-
   dtype = evaluation.to_jnp_dtype(config.train.compute_dtype)
   family = families.create_family(config, vocab, dtype)
   mesh = evaluation.make_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
+  train_source = input_pipeline.data_source(builder, config.dataset.train_split)
+  eval_source = input_pipeline.data_source(builder, config.dataset.eval_split)
+  feed = TrainFeed(config, family, train_source, vocab, mesh)
+  steps_per_epoch = feed.steps_per_epoch
+  total_steps = steps_per_epoch * config.train.num_epochs
+  if config.train.max_steps:
+    total_steps = min(total_steps, config.train.max_steps)
+  eval_data = input_pipeline.eval_dataset(
+      config, eval_source, vocab, batch_size=evaluation.eval_batch_size(config.eval.batch_size))
+  data_seconds = time.time() - process_start
+
   architecture = config.model.name + (f" ({config.model.backbone})"
                                       if config.model.name == "crnn" else "")
   _say(f"Training {architecture} on "
        f"{jax.device_count()} {jax.default_backend()} device(s), compute {jnp.dtype(dtype).name}; "
        f"{steps_per_epoch * config.train.batch_size} training images per epoch "
-       f"({len(train_source)} in the split), {steps_per_epoch} steps/epoch, "
+       f"({len(train_source)} in the split; {feed.describe()}), {steps_per_epoch} steps/epoch, "
        f"{config.train.num_epochs} epochs; work dir {workdir}")
 
-  train_data = input_pipeline.train_dataset(config, train_source, vocab)
-  train_iterator = input_pipeline.to_iterator(train_data, config.input.worker_count,
-                                              config.input.prefetch)
-  eval_data = input_pipeline.eval_dataset(
-      config, eval_source, vocab, batch_size=evaluation.eval_batch_size(config.eval.batch_size))
-  first_batch = train_data[0]
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-
-  state, optimizer, plateau = create_train_state(family, config, steps_per_epoch, first_batch,
-                                                 init_rng)
-  state = jax.device_put(state, replicated)
+  init_inputs = input_pipeline.dummy_batch(config, config.train.batch_size)
+  init, optimizer, plateau = make_initializer(family, config, steps_per_epoch, init_inputs,
+                                              replicated)
+  abstract_state = _abstract(jax.eval_shape(init, init_rng, init_inputs), replicated)
+  step_fn = feed.make_step(family, optimizer, replicated)
+  pool = concurrent.futures.ThreadPoolExecutor(max(len(feed.shapes), 1) + 1,
+                                               thread_name_prefix="compile")
+  compile_start = time.time()
+  pending = compile_programs(step_fn, abstract_state, feed, step_rng, pool)
 
   history: list[dict] = []
   start_step = 0
   previous_seconds = 0.0  # training wall time of earlier runs in this work dir
   latest = checkpoints.latest_step()
   if latest is not None:
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            state)
-    state, data_state, meta = checkpoints.restore(latest, abstract)
-    train_iterator.set_state(data_state)
+    state, data_state, meta = checkpoints.restore(latest, abstract_state)
+    feed.set_state(data_state)
     history = meta.get("history", [])
     previous_seconds = float(meta.get("train_seconds", 0.0))
     start_step = int(state.step)
     _say(f"Resumed from the checkpoint at step {start_step} (epoch "
          f"{start_step // steps_per_epoch}).")
+  else:
+    state, optimizer, plateau = create_train_state(family, config, steps_per_epoch, init_inputs,
+                                                   init_rng, replicated)
+  init_seconds = time.time() - compile_start
+  programs = {key: future.result() for key, future in pending.items()}
+  compile_seconds = time.time() - compile_start
+  eval_warm_up = pool.submit(warm_up_evaluation, family, _abstract(state.variables), config,
+                             mesh, config.eval.decoder == "beam")
+  pool.shutdown(wait=False)
 
-  step_fn = jax.jit(functools.partial(train_step, family, optimizer), donate_argnums=0,
-                    out_shardings=(replicated, replicated))
   summaries = Summaries(workdir)
   meta_base = {"config": checkpoints_lib.config_to_json(config), "vocab": vocab.to_json()}
 
@@ -276,7 +453,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return previous_seconds + time.time() - run_start
 
   def save(step: int, metrics: dict | None):
-    checkpoints.save(step, state, train_iterator.get_state(),
+    checkpoints.save(step, state, feed.get_state(),
                      {**meta_base, "history": history, "epoch": step // steps_per_epoch,
                       "train_seconds": train_seconds()},
                      metrics=metrics, force=True)
@@ -288,6 +465,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   epoch_images = 0
   input_wait = epoch_input_wait = 0.0  # seconds the loop waited for the input pipeline
   throughput = SteadyThroughput()
+  startup: dict[str, float] = {"data_seconds": data_seconds, "init_seconds": init_seconds,
+                               "compile_seconds": compile_seconds,
+                               "programs_compiled_ahead": len(programs)}
   step = start_step
   budget = config.train.get("max_seconds", 0)  # absent from configs saved before it existed
   if budget and previous_seconds >= budget:
@@ -296,15 +476,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     total_steps = start_step
   try:
     while step < total_steps:
-      wait_start = time.time()
-      batch = next(train_iterator)
-      epoch_input_wait += time.time() - wait_start
-      throughput.add(batch, config.train.batch_size)
-      state, metric_sums = step_fn(state, evaluation.shard_batch(batch, mesh), step_rng)
+      key, inputs, waited = feed.next(step)
+      epoch_input_wait += waited
+      compiles = key not in programs
+      if compiles:  # a shape not known ahead (e.g. an over-long label): compiled now, once
+        programs[key] = step_fn.lower(state, inputs, step_rng).compile()
+      throughput.add(key, config.train.batch_size, compiles)
+      state, metric_sums = programs[key](state, inputs, step_rng)
       epoch_sums = jax.tree.map(jnp.add, epoch_sums, metric_sums) if epoch_sums else metric_sums
       epoch_images += config.train.batch_size
       step += 1
       progress.update(1)
+      if "seconds_to_first_step" not in startup:
+        jax.block_until_ready(metric_sums)
+        startup["seconds_to_first_step"] = time.time() - process_start
+        _say(f"First training step done {startup['seconds_to_first_step']:.1f} s after start "
+             f"(data {data_seconds:.1f} s, {len(programs)} step programs compiled ahead in "
+             f"{compile_seconds:.1f} s, initialisation or restore overlapping it).")
       if budget and step < total_steps and train_seconds() >= budget:
         _say(f"Stopping at step {step}: the training budget config.train.max_seconds={budget} "
              f"is spent ({train_seconds():.0f} s in this work dir). Raise it and re-run to "
@@ -367,18 +555,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     progress.close()
     summaries.close()
     checkpoints.close()
+    # The programs it compiles are for evaluate (persistent cache): let it finish.
+    if (error := eval_warm_up.exception()) is not None:
+      _say(f"Warning: compiling the evaluation programs ahead failed ({error!r}); evaluation "
+           "will compile them when it runs.")
 
   result = {"history": history, "steps": step,
             "best_val_exprate": max((r["val_exprate"] for r in history), default=None),
             "steady_img_per_s": throughput.images_per_second,
             "batch_shapes": sorted(throughput.shapes),
             "input_wait_seconds": input_wait,
+            **startup,
             "wall_seconds": time.time() - run_start,
             "train_seconds": train_seconds()}
   _say(f"Trained to step {step} in {result['wall_seconds']:.0f} s; steady throughput "
        + (f"{result['steady_img_per_s']:.0f} img/s" if result["steady_img_per_s"]
           else "not measured")
-       + f" ({len(throughput.shapes)} batch shapes compiled).")
+       + f" ({len(throughput.shapes)} batch shapes met, {len(programs)} step programs).")
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
       json.dump(result, f, indent=1)

@@ -128,6 +128,53 @@ def test_scanned_dense_layers_compute_the_published_densenet(train):
                  expected, unrolled_stats)
 
 
+@pytest.mark.parametrize("scan", [False, True])
+def test_remat_dense_layers_give_the_same_loss_and_gradients(scan):
+  """remat_layers (recompute each dense layer in the backward pass) changes no number.
+
+  With dropout on: the recomputation must draw the same masks.
+  """
+  kwargs = dict(growth_rate=4, num_layers=2, num_blocks=1, dropout_rate=0.2, scan_layers=scan)
+  rng = np.random.default_rng(6)
+  images = jnp.asarray(_random_images(rng, 2, 24, 40))
+  mask = attention.pixel_mask(images.shape, jnp.array([40, 25]))
+  plain_model = densenet.DenseNet(**kwargs)
+  variables = jax.jit(plain_model.init)(jax.random.PRNGKey(0), images, mask)
+
+  def loss_and_grads(model):
+    def loss(params):
+      (features, _), updates = model.apply(
+          {"params": params, "batch_stats": variables["batch_stats"]}, images, mask, train=True,
+          rngs={"dropout": jax.random.PRNGKey(3)}, mutable=["batch_stats"])
+      # A fixed random projection, so that every feature gets its own gradient.
+      weights = jnp.asarray(np.random.default_rng(7).normal(size=features.shape), features.dtype)
+      return jnp.sum(features * weights), updates["batch_stats"]
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+
+  (plain_loss, plain_stats), plain_grads = loss_and_grads(plain_model)
+  (remat_loss, remat_stats), remat_grads = loss_and_grads(
+      densenet.DenseNet(remat_layers=True, **kwargs))
+  np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
+  assert max(float(jnp.abs(leaf).max()) for leaf in jax.tree.leaves(plain_grads)) > 0.1
+  # Gradients up to ~20: the recomputed forward pass may round differently.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4),
+               remat_grads, plain_grads)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5),
+               remat_stats, plain_stats)
+
+  # config.model.remat_dense_layers reaches the dense layers, and only with it is there a remat.
+  for remat in (False, True):
+    model = attention.create_attention_model(
+        tiny_config(dense_blocks=1, decoder_layers=1, scan_dense_layers=scan,
+                    remat_dense_layers=remat), NUM_CLASSES)
+    images, widths = jnp.zeros((1, 16, 16, 1)), jnp.array([16])
+    tokens = jnp.ones((1, 1, 2), jnp.int32)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images, widths, tokens)
+    jaxpr = jax.make_jaxpr(lambda v: model.apply(v, images, widths, tokens, train=True,
+                                                 mutable=["batch_stats"]))(shapes)
+    assert ("remat" in str(jaxpr)) == remat
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_encoder_ignores_padding(model, variables, train):
   """Content positions see the same features whatever the padding width and content."""

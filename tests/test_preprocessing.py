@@ -1,8 +1,9 @@
+import cv2
 import numpy as np
 import pytest
 from configs import default
 
-from hme_jax import preprocessing
+from hme_jax import input_pipeline, preprocessing
 
 
 def stroke_image(height=40, width=120, polarity="white_on_black"):
@@ -73,3 +74,35 @@ def test_affine_grows_the_canvas_so_no_ink_is_cut(degrees):
   image[0:20, 0] = 255  # ink on the border
   out = preprocessing.warp(image, np.random.default_rng(0), _warp_config(rotation_degrees=degrees))
   assert (out > 64).sum() >= 15
+
+
+def wave_stroke() -> np.ndarray:
+  image = np.zeros((48, 200), np.uint8)
+  xs = np.arange(10, 190)
+  points = np.stack([xs, 24 + 10 * np.sin(xs / 15.0)], axis=1).astype(np.int32)
+  cv2.polylines(image, [points], isClosed=False, color=255, thickness=3)
+  return image
+
+
+def stroke_pieces_and_offset(out: np.ndarray, image: np.ndarray) -> tuple[int, float]:
+  """Connected ink pieces of ``out``, and how far (px) its ink lies from ``image``'s at most."""
+  pieces = cv2.connectedComponents((out > 64).astype(np.uint8))[0] - 1
+  distance = cv2.distanceTransform((image <= 64).astype(np.uint8), cv2.DIST_L2, 5)
+  return pieces, float(distance[out > 64].max())
+
+
+@pytest.mark.parametrize("alpha_sigma, torn", [(None, False), ((8.0, 5.0), True)])
+def test_the_default_elastic_field_bends_strokes_without_tearing_them(alpha_sigma, torn):
+  config = _warp_config(elastic_alpha=default.get_config().augment.elastic_alpha)
+  if alpha_sigma:
+    config.elastic_alpha, config.elastic_sigma = alpha_sigma
+  image = wave_stroke()
+  results = [stroke_pieces_and_offset(
+      preprocessing.warp(image, np.random.default_rng(seed), config), image) for seed in range(8)]
+  if torn:  # the old default: pieces scattered up to 8 px away
+    assert max(pieces for pieces, _ in results) > 2
+  else:
+    assert all(pieces == 1 and offset <= config.elastic_alpha + 1.5 for pieces, offset in results)
+    with pytest.raises(ValueError, match="elastic_alpha=8.0 is more than half"):
+      config.elastic_alpha, config.elastic_sigma = 8.0, 5.0
+      input_pipeline.check_augment(config)

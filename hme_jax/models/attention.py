@@ -111,6 +111,7 @@ class Encoder(nn.Module):
   compression: float = 0.5
   dropout_rate: float = 0.2
   scan_layers: bool = False
+  remat_layers: bool = False
   dtype: Any = jnp.float32
   conv_gradient: str = "auto"  # see hme_jax.models.conv
 
@@ -121,7 +122,8 @@ class Encoder(nn.Module):
     features, mask = densenet.DenseNet(
         growth_rate=self.growth_rate, num_layers=self.num_layers, num_blocks=self.num_blocks,
         compression=self.compression, dropout_rate=self.dropout_rate,
-        scan_layers=self.scan_layers, dtype=self.dtype, conv_gradient=self.conv_gradient,
+        scan_layers=self.scan_layers, remat_layers=self.remat_layers, dtype=self.dtype,
+        conv_gradient=self.conv_gradient,
         name="densenet")(images, pixel_mask, train=train)
     x = nn.Dense(self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
                  name="feature_projection")(features)
@@ -420,6 +422,7 @@ class AttentionModel(nn.Module):
   compression: float = 0.5
   encoder_dropout: float = 0.2
   scan_dense_layers: bool = False
+  remat_dense_layers: bool = False
   conv_gradient: str = "auto"
   num_heads: int = 8
   decoder_layers: int = 3
@@ -434,7 +437,8 @@ class AttentionModel(nn.Module):
   def setup(self):
     self.encoder = Encoder(self.d_model, self.growth_rate, self.dense_layers, self.dense_blocks,
                            self.compression, self.encoder_dropout, self.scan_dense_layers,
-                           dtype=self.dtype, conv_gradient=self.conv_gradient)
+                           remat_layers=self.remat_dense_layers, dtype=self.dtype,
+                           conv_gradient=self.conv_gradient)
     self.decoder = Decoder(self.num_classes, self.d_model, self.num_heads, self.decoder_layers,
                            self.ffn_dim, self.decoder_dropout, self.cross_coverage,
                            self.self_coverage, self.coverage_channels, self.coverage_kernel,
@@ -494,6 +498,7 @@ def create_attention_model(model_config, num_classes: int,
       compression=float(get("compression", 0.5)),
       encoder_dropout=float(get("encoder_dropout", 0.2)),
       scan_dense_layers=bool(get("scan_dense_layers", False)),
+      remat_dense_layers=bool(get("remat_dense_layers", False)),
       conv_gradient=conv_lib.resolve_gradient(get("conv_gradient", "auto")),
       num_heads=int(get("num_heads", 8)),
       decoder_layers=int(get("decoder_layers", 3)),

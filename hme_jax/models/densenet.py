@@ -160,29 +160,43 @@ class Bottleneck(nn.Module):
                     self.conv_gradient, name="conv")(y, mask, train)
 
 
+def _bottleneck_class(remat: bool, prevent_cse: bool = True):
+  """``Bottleneck``, or with ``remat`` its ``nn.remat`` (same variables and function).
+
+  Rematerialised, a layer's activations are recomputed in the backward pass
+  instead of being kept: less memory for about one more forward pass of the
+  dense layers. ``train`` (argument 3, counting ``self``) stays a Python bool.
+  """
+  if not remat:
+    return Bottleneck
+  return nn.remat(Bottleneck, static_argnums=(3,), prevent_cse=prevent_cse)
+
+
 class BufferedBottleneck(nn.Module):
   """A dense layer writing into a preallocated block buffer: the body of ``nn.scan``.
 
   The buffer has the block's final width and zeros in the channels not yet
   written, so the 1x1 convolution over the whole buffer equals the one over the
   layer's input channels (the kernel rows of later channels meet zeros and get
-  no gradient). One compiled layer then serves the whole block: the HLO is 3
-  times smaller and compiles about twice as fast, for about 45% more encoder
-  FLOPs (the 1x1 convolutions run over the full width). On XLA:CPU the
-  scanned backward pass is far slower than the unrolled one (a 13x slower
-  training step; the forward pass takes about the same); accelerators are
-  unmeasured.
+  no gradient). One compiled layer then serves the whole block: a 3 times
+  smaller HLO that compiles faster, for about 45% more encoder FLOPs (the 1x1
+  convolutions run over the full width). Compile and step times against the
+  unrolled layers: results/README.md.
   """
 
   growth_rate: int
   dropout_rate: float
   dtype: Any = jnp.float32
   conv_gradient: str = "auto"
+  remat: bool = False            # nn.remat around the layer (see _bottleneck_class)
 
   @nn.compact
   def __call__(self, buffer: jax.Array, offset: jax.Array, mask: jax.Array, train: bool):
-    y = Bottleneck(self.growth_rate, self.dropout_rate, self.dtype, self.conv_gradient,
-                   name="layer")(buffer, mask, train)
+    # Inside a scan XLA cannot merge the recomputation back into the forward
+    # pass, so CSE prevention is unneeded there (jax.checkpoint's docs) and only costs.
+    layer = _bottleneck_class(self.remat, prevent_cse=False)
+    y = layer(self.growth_rate, self.dropout_rate, self.dtype, self.conv_gradient,
+              name="layer")(buffer, mask, train)
     return jax.lax.dynamic_update_slice_in_dim(buffer, y, offset, axis=-1), None
 
 
@@ -195,6 +209,7 @@ class DenseNet(nn.Module):
   compression: float = 0.5       # channel fraction kept by each transition
   dropout_rate: float = 0.2
   scan_layers: bool = False      # the same function, compiled once per block: BufferedBottleneck
+  remat_layers: bool = False     # the same function, each dense layer in nn.remat
   dtype: Any = jnp.float32
   conv_gradient: str = "auto"    # see hme_jax.models.conv
 
@@ -234,10 +249,11 @@ class DenseNet(nn.Module):
                          in_axes=(0, nn.broadcast, nn.broadcast), length=self.num_layers)
         offsets = start + self.growth_rate * jnp.arange(self.num_layers)
         x, _ = layers(self.growth_rate, self.dropout_rate, self.dtype, self.conv_gradient,
-                      name=f"dense_block_{block}")(x, offsets, mask, train)
+                      self.remat_layers, name=f"dense_block_{block}")(x, offsets, mask, train)
       else:
+        bottleneck = _bottleneck_class(self.remat_layers)
         for layer in range(self.num_layers):
-          y = Bottleneck(self.growth_rate, self.dropout_rate, self.dtype, self.conv_gradient,
+          y = bottleneck(self.growth_rate, self.dropout_rate, self.dtype, self.conv_gradient,
                          name=f"dense_block_{block}_layer_{layer}")(x, mask, train)
           x = jnp.concatenate([x, y], axis=-1)
       if block < self.num_blocks - 1:
