@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # file name -> (CROHME tokens, render seed)
 SAMPLES = {
     "formula.png": ("x ^ { 2 }", 2),
-    "equation.png": ("y = 2", 0),
-    "difference.png": ("x - 1", 0),
+    "equation.png": ("y = 2", 2),
+    "difference.png": ("x - 1", 3),
 }
 
 

@@ -12,15 +12,16 @@ import pytest
 from hme_jax import evaluate, predict, saved_model
 
 # Expressions the test renders as fake handwriting (dark ink on white paper, as
-# people photograph them), with a seed each. The shipped model is weak: these
-# are renders it reads exactly, chosen among 84 simple ones (21 expressions x 4
-# seeds; it read 12), so the test guards against the shipped files or the
-# preprocessing drifting, not a claim of accuracy.
+# people photograph them), with a seed each: renders the shipped model reads
+# exactly, chosen among 84 simple ones (21 expressions x 4 seeds; it read 27),
+# so the test guards against the shipped files or the preprocessing drifting,
+# not a claim of accuracy.
 RENDERED = (
     ("x ^ { 2 }", 2),
-    ("y = 2", 0),
-    ("x - 1", 0),
-    ("2 x", 0),
+    ("y = 2", 2),
+    ("x - 1", 3),
+    ("\\sqrt { x }", 0),
+    ("x ^ { 2 } + 1", 0),
 )
 
 
