@@ -140,6 +140,19 @@ def make_initializer(family, config: ml_collections.ConfigDict, steps_per_epoch:
   return jax.jit(init, out_shardings=sharding), optimizer, plateau
 
 
+def load_pretrained(state: TrainState, config: ml_collections.ConfigDict, optimizer, plateau,
+                    sharding=None) -> TrainState:
+  """``state`` with the torchvision weights of ``config.model.pretrained_path`` (if set)."""
+  if not config.model.get("pretrained_path"):
+    return state
+  from hme_jax.models import torch_import  # needs torch, only for this
+  variables = torch_import.load_torchvision_weights(jax.device_get(state.variables), config.model)
+  params = variables.pop("params")
+  state = state.replace(params=params, extra_variables=variables,
+                        opt_state=optimizer.init(params), plateau=plateau.init(params))
+  return jax.device_put(state, sharding) if sharding is not None else state
+
+
 def create_train_state(family, config: ml_collections.ConfigDict, steps_per_epoch: int,
                        batch: dict, rng: jax.Array, sharding=None):
   """Initial variables (ImageNet weights if configured), optimiser and plateau state.
@@ -148,15 +161,7 @@ def create_train_state(family, config: ml_collections.ConfigDict, steps_per_epoc
   """
   init, optimizer, plateau = make_initializer(family, config, steps_per_epoch, batch, sharding)
   state = init(rng, {k: v for k, v in batch.items() if k != "ids"})
-  if config.model.get("pretrained_path"):
-    from hme_jax.models import torch_import  # needs torch, only for this
-    variables = torch_import.load_torchvision_weights(jax.device_get(state.variables),
-                                                      config.model)
-    params = variables.pop("params")
-    state = state.replace(params=params, extra_variables=variables,
-                          opt_state=optimizer.init(params), plateau=plateau.init(params))
-    state = jax.device_put(state, sharding) if sharding is not None else state
-  return state, optimizer, plateau
+  return load_pretrained(state, config, optimizer, plateau, sharding), optimizer, plateau
 
 
 # --- bookkeeping ---------------------------------------------------------------
@@ -263,7 +268,7 @@ class TrainFeed:
   number is the data position.
   """
 
-  def __init__(self, config, family, train_source, vocab, mesh):
+  def __init__(self, config, train_source, vocab, mesh):
     self.config, self.mesh = config, mesh
     self.batch_size = config.train.batch_size
     self.device_resident = bool(config.input.get("device_resident", False))  # absent before it
@@ -271,7 +276,6 @@ class TrainFeed:
       self.data = device_data.build(config, train_source, vocab, mesh)
       self.steps_per_epoch = self.data.steps_per_epoch
       self.shapes = list(self.data.shapes)
-      self.step_fn = None  # set by compile_programs
     else:
       self.dataset = input_pipeline.train_dataset(config, train_source, vocab)
       self.iterator = input_pipeline.to_iterator(self.dataset, config.input.worker_count,
@@ -297,11 +301,9 @@ class TrainFeed:
       step = functools.partial(
           device_train_step, family, optimizer, self.config.augment, self.config.input.height,
           input_pipeline.ctc_width_downsample(self.config))
-      self.step_fn = jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
     else:
-      self.step_fn = jax.jit(functools.partial(train_step, family, optimizer), donate_argnums=0,
-                             out_shardings=(replicated, replicated))
-    return self.step_fn
+      step = functools.partial(train_step, family, optimizer)
+    return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
 
   def abstract_inputs(self, index: int):
     if self.device_resident:
@@ -395,7 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   replicated = NamedSharding(mesh, PartitionSpec())
   train_source = input_pipeline.data_source(builder, config.dataset.train_split)
   eval_source = input_pipeline.data_source(builder, config.dataset.eval_split)
-  feed = TrainFeed(config, family, train_source, vocab, mesh)
+  feed = TrainFeed(config, train_source, vocab, mesh)
   steps_per_epoch = feed.steps_per_epoch
   total_steps = steps_per_epoch * config.train.num_epochs
   if config.train.max_steps:
@@ -437,8 +439,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _say(f"Resumed from the checkpoint at step {start_step} (epoch "
          f"{start_step // steps_per_epoch}).")
   else:
-    state, optimizer, plateau = create_train_state(family, config, steps_per_epoch, init_inputs,
-                                                   init_rng, replicated)
+    state = load_pretrained(init(init_rng, init_inputs), config, optimizer, plateau, replicated)
   init_seconds = time.time() - compile_start
   programs = {key: future.result() for key, future in pending.items()}
   compile_seconds = time.time() - compile_start
