@@ -2,6 +2,8 @@
 
   python benchmarks/input_pipeline.py --config configs/vgg16.py --workers 0,1,2 --batches 30
   python benchmarks/input_pipeline.py --config configs/quickstart.py
+  python benchmarks/input_pipeline.py --config configs/crohme_cpu.py --workers 0 \
+      --config.augment.paper_probability=0.5     # with pages drawn and normalised back
 
 Reads the prepared dataset of the config (preparing it on first use).
 """
@@ -32,7 +34,8 @@ def main(argv):
   dataset = input_pipeline.train_dataset(config, source, vocab)
   print(f"dataset {config.dataset.name} ({len(source)} train images), batch "
         f"{config.train.batch_size}, height {config.input.height}, augmentation "
-        f"{'on' if config.augment.enabled else 'off'}, {os.cpu_count()} CPU cores")
+        f"{'on' if config.augment.enabled else 'off'} (paper pages "
+        f"{config.augment.get('paper_probability', 0.0):.0%}), {os.cpu_count()} CPU cores")
   print(f"{'workers':>8} {'images/s':>10} {'batches/s':>10}")
   for workers in map(int, FLAGS.workers):
     iterator = input_pipeline.to_iterator(dataset, workers, config.input.prefetch)

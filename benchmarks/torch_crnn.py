@@ -253,7 +253,7 @@ class TorchCRNN(nn.Module):
 
 
 def build_torch_crnn(model_config, num_classes: int, input_height: int = 64) -> TorchCRNN:
-  """The torch twin of ``hme_jax.models.create_model(model_config, num_classes)``."""
+  """The torch twin of ``hme_jax.models.create_crnn(model_config, num_classes)``."""
   return TorchCRNN(model_config, num_classes, input_height)
 
 
@@ -291,7 +291,7 @@ def torch_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images,
 def copy_to_flax(torch_model: TorchCRNN, variables, model_config) -> dict:
   """Flax CRNN variables holding ``torch_model``'s weights (for parity checks).
 
-  ``variables`` come from ``create_model(model_config, ...).init``; returns new ones.
+  ``variables`` come from ``create_crnn(model_config, ...).init``; returns new ones.
   """
   import numpy as np
 

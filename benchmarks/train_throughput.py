@@ -19,6 +19,7 @@ CUDA if available, else CPU with all cores). Prints images/s, step time and the
 ratio. Timings start after warm-up (compilation) and end after a device sync.
 """
 
+import json
 import os
 import sys
 import time
@@ -46,6 +47,7 @@ flags.DEFINE_integer("data_batches", 0, "If > 0: time the step on this many real
                      "config's training data (read into memory first, every shape compiled "
                      "before timing): the step-only rate to compare with the trainer's "
                      "end-to-end img/s.")
+flags.DEFINE_string("output_json", "", "Also write the figures printed to this JSON file.")
 
 
 def real_batches(config, count):
@@ -141,14 +143,28 @@ def main(argv):
           f"shapes {sorted({b['images'].shape[1:3] for b in batches})}", flush=True)
   jax_seconds, step_flops = time_jax(config, batch, FLAGS.steps, batches, vocab)
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+  figures = {"config": f"{config.model.name}/{config.model.backbone}", "batch_size": batch_size,
+             "image_shape": [height, FLAGS.width], "label_length": FLAGS.label_length,
+             "jax_device": device, "jax_img_per_s": batch_size / jax_seconds,
+             "jax_gflop_per_s": step_flops / jax_seconds / 1e9}
   print(f"JAX     ({device}): {batch_size / jax_seconds:9.1f} img/s  {1e3 * jax_seconds:8.1f} ms/step"
         f"  {step_flops / jax_seconds / 1e9:6.1f} GFLOP/s ({step_flops / batch_size / 1e9:.2f} "
         "GFLOP per image, XLA cost analysis)")
+  write_figures(figures)  # now, so that a PyTorch failure keeps them
   if FLAGS.torch:
     torch_seconds, torch_device = time_torch(config, batch, FLAGS.steps)
     print(f"PyTorch ({torch_device}): {batch_size / torch_seconds:9.1f} img/s  "
           f"{1e3 * torch_seconds:8.1f} ms/step")
     print(f"JAX / PyTorch images/s: {torch_seconds / jax_seconds:.2f}x")
+    figures.update(torch_device=torch_device, torch_img_per_s=batch_size / torch_seconds,
+                   jax_over_torch=torch_seconds / jax_seconds)
+    write_figures(figures)
+
+
+def write_figures(figures: dict) -> None:
+  if FLAGS.output_json:
+    with open(FLAGS.output_json, "w") as f:
+      json.dump(figures, f, indent=1)
 
 
 if __name__ == "__main__":

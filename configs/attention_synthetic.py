@@ -18,7 +18,7 @@ from configs import attention, quickstart
 
 
 def get_config():
-  config = quickstart.use_synthetic_data(attention.get_config())
+  config = quickstart.use_synthetic_data(attention.get_config("cpu"))
 
   config.model.growth_rate = 8
   config.model.dense_layers = 3

@@ -91,7 +91,7 @@ def get_config(candidate: str = "") -> ml_collections.ConfigDict:
     return _crnn(config, height=48, lstm_hidden=128, epochs_in_budget=18)
   if candidate == "attention":
     from configs import attention
-    config = attention.get_config()
+    config = attention.get_config("cpu")
     config.augment.scale = 0.1
     config.model.growth_rate = 16
     config.model.dense_layers = 8

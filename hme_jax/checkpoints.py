@@ -1,6 +1,7 @@
 """Orbax checkpoints of a work dir: train state, data iterator, config and vocabulary.
 
-A work dir belongs to one model and one vocabulary. Each checkpoint step holds:
+A work dir belongs to one model, one vocabulary and one order of the training
+data (``check_compatible``). Each checkpoint step holds:
 
   state    the train state (params, batch stats, optimiser and plateau state, step)
   data     the training data iterator's state (so a resume sees the same batches)
@@ -26,6 +27,23 @@ CHECKPOINT_DIR = "checkpoints"
 # Config fields that define the parameters' meaning: a checkpoint is only
 # compatible with a run that agrees on all of them.
 ARCHITECTURE_FIELDS = ("model", "input.height")
+# Config fields that define the order of the training data: the saved iterator
+# position only resumes the same batches in a run that agrees on all of them.
+DATA_ORDER_FIELDS = ("seed", "train.batch_size", "input.sort_window", "dataset.max_train_samples")
+# Fields added after some work dirs and exported models were saved, with the value
+# that reproduces how those runs behaved (not always today's default): a saved
+# config without one reads this value (``config_from_json``).
+FIELDS_ADDED_LATER = {
+    "input.canvases": (),
+    "input.sort_window": 0,
+    "input.cache_in_memory": False,
+    "input.device_resident": False,
+    "train.max_seconds": 0.0,
+    "train.compilation_cache_dir": "",
+    "model.scan_dense_layers": False,
+    "model.remat_dense_layers": False,
+    "eval.max_length": 0,
+}
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -60,14 +78,45 @@ def config_to_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def with_fields_added_later(data: dict) -> dict:
+  """A saved config (JSON) with each of ``FIELDS_ADDED_LATER`` it lacks set to its old value."""
+  data = json.loads(json.dumps(data))
+  for dotted, value in FIELDS_ADDED_LATER.items():
+    group, name = dotted.split(".")
+    if isinstance(data.get(group), dict):
+      data[group].setdefault(name, _normalise(value))
+  return data
+
+
 def config_from_json(data: dict) -> ml_collections.ConfigDict:
+  """A saved config (``config_to_json``, or one saved by an older version) as a ConfigDict."""
   def tuples(value):
     if isinstance(value, dict):
       return {key: tuples(item) for key, item in value.items()}
     if isinstance(value, list):
       return tuple(tuples(item) for item in value)
     return value
-  return ml_collections.ConfigDict(tuples(data))
+  return ml_collections.ConfigDict(tuples(with_fields_added_later(data)))
+
+
+def _differences(saved: dict, wanted: dict, fields: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
+  """``(name, saved value, wanted value)`` of each leaf of ``fields`` that differs.
+
+  A field the saved config lacks (one added since, without an old value) is not compared.
+  """
+  differences = []
+  for field in fields:
+    saved_leaves = _leaves(_field(saved, field), field)
+    wanted_leaves = _leaves(_field(wanted, field), field)
+    differences += [(name, saved_leaves[name], wanted_leaves.get(name))
+                    for name in sorted(saved_leaves)
+                    if saved_leaves[name] != wanted_leaves.get(name)]
+  return differences
+
+
+def _describe(differences: list[tuple[str, Any, Any]]) -> list[str]:
+  return [f"{name}: checkpoint has {saved!r}, this run has {wanted!r}"
+          for name, saved, wanted in differences]
 
 
 class Checkpoints:
@@ -123,21 +172,13 @@ class Checkpoints:
     return config_from_json(meta["config"]), Vocabulary.from_json(meta["vocab"])
 
   def check_compatible(self, config: ml_collections.ConfigDict, vocab: Vocabulary) -> None:
-    """Refuses a work dir whose checkpoints belong to another model or vocabulary."""
+    """Refuses a work dir whose checkpoints belong to another model, vocabulary or data order."""
     step = self.latest_step()
     if step is None:
       return
     meta = self.read_meta(step)
-    saved, wanted = meta["config"], config_to_json(config)
-    differences = []
-    for field in ARCHITECTURE_FIELDS:
-      saved_leaves = _leaves(_field(saved, field), field)
-      wanted_leaves = _leaves(_field(wanted, field), field)
-      differences += [
-          f"{name}: checkpoint has {saved_leaves.get(name)!r}, this run has "
-          f"{wanted_leaves.get(name)!r}"
-          for name in sorted(saved_leaves.keys() | wanted_leaves.keys())
-          if saved_leaves.get(name) != wanted_leaves.get(name)]
+    saved, wanted = with_fields_added_later(meta["config"]), config_to_json(config)
+    differences = _describe(_differences(saved, wanted, ARCHITECTURE_FIELDS))
     saved_vocab = Vocabulary.from_json(meta["vocab"])
     if saved_vocab != vocab:
       differences.append(f"vocabulary: checkpoint has {len(saved_vocab)} entries "
@@ -149,6 +190,14 @@ class Checkpoints:
           f"{step}) of a different model or vocabulary, so they are neither loaded nor "
           "overwritten:\n  " + "\n  ".join(differences) +
           "\nUse a new --workdir, or run with the config saved in that work dir.")
+    order = _differences(saved, wanted, DATA_ORDER_FIELDS)
+    if order:
+      flags = " ".join(f"--config.{name}={saved_value}" for name, saved_value, _ in order)
+      raise CheckpointMismatchError(
+          f"The work dir {os.path.dirname(self.directory)} was trained (to step {step}) with "
+          "another order of the training data, so its saved data position would resume "
+          "other batches:\n  " + "\n  ".join(_describe(order)) +
+          f"\nRe-run with {flags}, or use a new --workdir.")
 
   # --- save / restore -----------------------------------------------------------
 

@@ -8,8 +8,9 @@ CPU, GPU and TPU):
   with the blank / non-blank split of each prefix's probability, written as a
   ``lax.scan`` over frames and ``vmap`` over the batch.
 * ``LatexGrammar``: an optional constraint for ``beam_search`` that keeps only
-  prefixes of well-formed LaTeX in the CROHME token convention.
-* ``well_formed``: the same grammar as a batched checker of finished sequences.
+  prefixes of well-formed LaTeX in the CROHME token convention: the rules of
+  ``hme_jax.grammar`` (those of ``latex.is_well_formed``) as arrays.
+* ``parse`` / ``well_formed``: the same constraint over given sequences.
 * ``best_hypotheses``: arrays -> Python lists of token ids.
 
 Frame paddings follow the project convention: ``[B, T]`` float, 1.0 on padded
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hme_jax import grammar as grammar_lib
 from hme_jax.vocab import Vocabulary
 
 # --- greedy ------------------------------------------------------------------
@@ -67,69 +69,7 @@ def _compact(values: jax.Array, keep: jax.Array, length: int):
   return out, jnp.sum(keep, axis=-1).astype(jnp.int32)
 
 
-# --- the well-formed LaTeX grammar --------------------------------------------
-
-# Token categories (everything else, `\{` and `\}` included, is OTHER).
-OTHER, OPEN_BRACE, CLOSE_BRACE, SCRIPT, FRAC, SQRT, OPEN_BRACKET, CLOSE_BRACKET = range(8)
-_NUM_CATEGORIES = 8
-_CATEGORY_OF_TOKEN = {
-    "{": OPEN_BRACE, "}": CLOSE_BRACE, "^": SCRIPT, "_": SCRIPT, "\\frac": FRAC,
-    "\\sqrt": SQRT, "[": OPEN_BRACKET, "]": CLOSE_BRACKET,
-}
-# What the next token must be.
-FREE, NEED_BRACE, NEED_NUMERATOR, NEED_ROOT_ARGUMENT = range(4)
-_NUM_PENDING = 4
-# Open structures on the stack (EMPTY = nothing open).
-EMPTY, GROUP, NUMERATOR, ROOT_INDEX = range(4)
-_NUM_OPEN = 4
-# Stack actions of one token.
-_KEEP, _PUSH_GROUP, _PUSH_NUMERATOR, _PUSH_ROOT_INDEX, _POP = range(5)
-
-
-def _rule(pending: int, top: int, category: int) -> tuple[bool, int, int]:
-  """The grammar: (allowed, stack action, next pending) for one token.
-
-  CROHME convention: ``x ^ { 2 }``, ``\\frac { a } { b }``, ``\\sqrt [ 3 ] { x }``,
-  ``\\sqrt { x }``; ``{`` only opens an argument (CROHME captions have no bare
-  groups); ``[`` / ``]`` are literal brackets except right after ``\\sqrt`` and
-  as the closer of that root index.
-  """
-  if pending == NEED_BRACE:
-    return category == OPEN_BRACE, _PUSH_GROUP, FREE
-  if pending == NEED_NUMERATOR:
-    return category == OPEN_BRACE, _PUSH_NUMERATOR, FREE
-  if pending == NEED_ROOT_ARGUMENT:
-    if category == OPEN_BRACE:
-      return True, _PUSH_GROUP, FREE
-    return category == OPEN_BRACKET, _PUSH_ROOT_INDEX, FREE
-  # pending == FREE
-  if category == OPEN_BRACE:
-    return False, _KEEP, FREE
-  if category == CLOSE_BRACE:
-    if top == GROUP:
-      return True, _POP, FREE
-    return top == NUMERATOR, _POP, NEED_BRACE  # the denominator must follow
-  if category == SCRIPT:
-    return True, _KEEP, NEED_BRACE
-  if category == FRAC:
-    return True, _KEEP, NEED_NUMERATOR
-  if category == SQRT:
-    return True, _KEEP, NEED_ROOT_ARGUMENT
-  if category == CLOSE_BRACKET and top == ROOT_INDEX:
-    return True, _POP, NEED_BRACE
-  return True, _KEEP, FREE  # OTHER and literal brackets
-
-
-def _rule_tables():
-  shape = (_NUM_PENDING, _NUM_OPEN, _NUM_CATEGORIES)
-  allowed = np.zeros(shape, bool)
-  action, pending = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-  for index in np.ndindex(*shape):
-    allowed[index], action[index], pending[index] = _rule(*index)
-  return allowed, action, pending
-
-
-_ALLOWED, _ACTION, _NEXT_PENDING = _rule_tables()  # each [pending, top, category]
+# --- the well-formed LaTeX constraint: hme_jax.grammar's rule arrays ----------
 
 
 @flax.struct.dataclass
@@ -155,11 +95,11 @@ class LatexGrammar:
 
   @classmethod
   def from_vocab(cls, vocab: Vocabulary, max_depth: int = 8) -> "LatexGrammar":
-    categories = np.full((len(vocab),), OTHER, np.int32)
-    for token, category in _CATEGORY_OF_TOKEN.items():
+    categories = np.full((len(vocab),), grammar_lib.OTHER, np.int32)
+    for token, category in grammar_lib.CATEGORY_OF_TOKEN.items():
       if token in vocab:
         categories[vocab.id_of(token)] = category
-    structural_ids = tuple(int(i) for i in np.flatnonzero(categories != OTHER))
+    structural_ids = tuple(int(i) for i in np.flatnonzero(categories != grammar_lib.OTHER))
     return cls(jnp.asarray(categories), structural_ids, max_depth)
 
 
@@ -174,21 +114,21 @@ class _GrammarState:
   @classmethod
   def initial(cls, shape: tuple[int, ...], max_depth: int) -> "_GrammarState":
     return cls(jnp.zeros((*shape, max_depth), jnp.int32), jnp.zeros(shape, jnp.int32),
-               jnp.full(shape, FREE, jnp.int32))
+               jnp.full(shape, grammar_lib.FREE, jnp.int32))
 
   def top(self) -> jax.Array:
     index = jnp.maximum(self.depth - 1, 0)[..., None]
     top = jnp.take_along_axis(self.stack, index, axis=-1)[..., 0]
-    return jnp.where(self.depth > 0, top, EMPTY)
+    return jnp.where(self.depth > 0, top, grammar_lib.EMPTY)
 
   def allowed(self, categories: jax.Array) -> jax.Array:
     """``[..., N]`` bool: which of ``categories`` ``[N]`` may come next."""
-    every = jnp.arange(_NUM_CATEGORIES)
+    every = jnp.arange(grammar_lib.NUM_CATEGORIES)
     top = self.top()[..., None]
     pending = self.pending[..., None]
-    allowed = jnp.asarray(_ALLOWED)[pending, top, every]                    # [..., 8]
-    action = jnp.asarray(_ACTION)[pending, top, every]
-    pushes = (action != _KEEP) & (action != _POP)
+    allowed = jnp.asarray(grammar_lib.ALLOWED)[pending, top, every]         # [..., 8]
+    action = jnp.asarray(grammar_lib.ACTION)[pending, top, every]
+    pushes = (action != grammar_lib.KEEP) & (action != grammar_lib.POP)
     allowed &= (self.depth[..., None] < self.stack.shape[-1]) | ~pushes
     # Spread to the N tokens by comparison (cheaper than a gather on CPU).
     return jnp.any(allowed[..., None, :] & (categories[:, None] == every), axis=-1)
@@ -196,24 +136,24 @@ class _GrammarState:
   def step(self, category: jax.Array) -> "_GrammarState":
     """Applies one token of ``category`` (same shape as ``depth``), assumed allowed."""
     top = self.top()
-    action = jnp.asarray(_ACTION)[self.pending, top, category]
-    pending = jnp.asarray(_NEXT_PENDING)[self.pending, top, category]
-    pushed = jnp.select([action == _PUSH_GROUP, action == _PUSH_NUMERATOR,
-                         action == _PUSH_ROOT_INDEX], [GROUP, NUMERATOR, ROOT_INDEX], EMPTY)
-    is_push = pushed != EMPTY
+    action = jnp.asarray(grammar_lib.ACTION)[self.pending, top, category]
+    pending = jnp.asarray(grammar_lib.NEXT_PENDING)[self.pending, top, category]
+    pushed = jnp.select([action == push for push in grammar_lib.PUSHED],
+                        list(grammar_lib.PUSHED.values()), grammar_lib.EMPTY)
+    is_push = pushed != grammar_lib.EMPTY
     slot = jax.nn.one_hot(self.depth, self.stack.shape[-1], dtype=bool) & is_push[..., None]
     stack = jnp.where(slot, pushed[..., None], self.stack)
-    depth = self.depth + is_push - (action == _POP)
+    depth = self.depth + is_push - (action == grammar_lib.POP)
     return _GrammarState(stack, depth.astype(jnp.int32), pending)
 
   def complete(self) -> jax.Array:
     """Nothing left open: the prefix is a whole well-formed expression."""
-    return (self.depth == 0) & (self.pending == FREE)
+    return (self.depth == 0) & (self.pending == grammar_lib.FREE)
 
 
 @jax.jit
-def well_formed(grammar: LatexGrammar, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
-  """Whether each sequence is well-formed LaTeX under ``grammar``.
+def parse(grammar: LatexGrammar, tokens: jax.Array, lengths: jax.Array):
+  """Runs the constraint of ``beam_search`` over given token sequences.
 
   Args:
     grammar: from ``LatexGrammar.from_vocab``.
@@ -221,25 +161,33 @@ def well_formed(grammar: LatexGrammar, tokens: jax.Array, lengths: jax.Array) ->
     lengths: ``[B]`` number of real tokens per row.
 
   Returns:
-    ``[B]`` bool.
+    ``(prefix_kept [B, L], complete [B])`` bool: ``prefix_kept[b, i]``, whether
+    the beam search keeps the prefix ``tokens[b, :i + 1]`` (past ``lengths[b]``:
+    the value of the whole row); ``complete``, whether the whole row is
+    well-formed (``hme_jax.grammar.is_well_formed``, within ``max_depth``).
   """
-  batch, max_length = tokens.shape
+  batch, _ = tokens.shape
   categories = grammar.categories[tokens]                                   # [B, L]
 
   def step(carry, inputs):
     state, ok = carry
     category, active = inputs
-    allowed = jnp.take_along_axis(state.allowed(jnp.arange(_NUM_CATEGORIES)),
+    allowed = jnp.take_along_axis(state.allowed(jnp.arange(grammar_lib.NUM_CATEGORIES)),
                                   category[:, None], axis=1)[:, 0]
     ok = ok & (allowed | ~active)
     new = state.step(category)
     state = jax.tree.map(lambda n, o: jnp.where(_expand(active & ok, n), n, o), new, state)
-    return (state, ok), None
+    return (state, ok), ok
 
-  active = jnp.arange(max_length)[None, :] < lengths[:, None]
+  active = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
   init = (_GrammarState.initial((batch,), grammar.max_depth), jnp.ones((batch,), bool))
-  (state, ok), _ = jax.lax.scan(step, init, (categories.T, active.T))
-  return ok & state.complete()
+  (state, ok), prefix_kept = jax.lax.scan(step, init, (categories.T, active.T))
+  return prefix_kept.T, ok & state.complete()
+
+
+def well_formed(grammar: LatexGrammar, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
+  """``[B]`` bool: whether each row of ``tokens [B, L]`` (``lengths [B]``) is well-formed."""
+  return parse(grammar, tokens, lengths)[1]
 
 
 def _expand(mask: jax.Array, like: jax.Array) -> jax.Array:

@@ -114,6 +114,10 @@ def build(config: ml_collections.ConfigDict, source, vocab: Vocabulary,
                      "the split on every device); set it to False for multi-host training.")
   shapes = input_pipeline.check_shapes(config)
   input_pipeline.check_augment(config.augment)
+  if config.augment.enabled and config.augment.get("paper_probability", 0.0) > 0:
+    raise ValueError("config.augment.paper_probability > 0 draws pages and normalises them on the "
+                     "host (OpenCV), which config.input.device_resident=True skips: set one of "
+                     "them off.")
   batch_size = input_pipeline.per_process_batch_size(config.train.batch_size)
   examples = _fitted_examples(
       config, input_pipeline.encoded_examples(config, source, vocab, config.dataset.max_train_samples))

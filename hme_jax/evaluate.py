@@ -59,7 +59,7 @@ def evaluate(workdir: str, *, checkpoint: str = "best", splits: list[str] | None
                                           max_samples=max_samples)
     start = time.time()
     predictions, _ = model.decode(dataset, decoder=decoder, beam_width=beam_width,
-                                  max_length=config.eval.get("max_length", 0),
+                                  max_length=config.eval.max_length,
                                   well_formed=well_formed)
     seconds = time.time() - start
     table = evaluation.summarize(predictions)

@@ -25,10 +25,35 @@ def make_mesh() -> Mesh:
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-  """Host-local NumPy batch -> global ``jax.Array``s split along the batch axis."""
+  """Host-local NumPy batch -> global ``jax.Array``s split along the batch axis.
+
+  With several processes each array is first padded to the largest shape any
+  process holds (``pad_to_common_shape``), so that all run the same program.
+  """
+  batch = {key: value for key, value in batch.items() if key not in HOST_ONLY_KEYS}
+  if jax.process_count() > 1:
+    batch = pad_to_common_shape(batch)
   sharding = NamedSharding(mesh, PartitionSpec("data"))
   return {key: jax.make_array_from_process_local_data(sharding, value)
-          for key, value in batch.items() if key not in HOST_ONLY_KEYS}
+          for key, value in batch.items()}
+
+
+def pad_to_common_shape(batch: dict) -> dict:
+  """Each array zero-padded at the end of its axes to the largest shape over all processes.
+
+  Zeros are what ``input_pipeline.PadBatch`` pads with (background pixels, no
+  token); each process's batch shape comes from its own samples.
+  """
+  keys = sorted(batch)
+  shapes = np.concatenate([np.shape(batch[key]) for key in keys]).astype(np.int64)
+  largest = multihost_utils.process_allgather(shapes).max(axis=0)
+  padded, start = {}, 0
+  for key in keys:
+    value = np.asarray(batch[key])
+    target = largest[start:start + value.ndim]
+    start += value.ndim
+    padded[key] = np.pad(value, [(0, int(t) - n) for n, t in zip(value.shape, target)])
+  return padded
 
 
 def gather(tree):
@@ -70,6 +95,8 @@ def decode_batches(family, variables: dict, batches: Iterable[dict], mesh: Mesh,
   """Decodes every batch; returns ``(predictions, loss_sums)``.
 
   ``max_length`` (beam search) 0 lets the family choose (CTC: one token per frame).
+  A reference token outside the vocabulary (label id 0, ``input_pipeline.EncodeLabel``)
+  reads ``vocab.UNKNOWN``, which no prediction holds: the sample counts as wrong.
   """
   vocab = family.vocab
   predictions: list[Prediction] = []
@@ -99,7 +126,7 @@ def decode_batches(family, variables: dict, batches: Iterable[dict], mesh: Mesh,
     for row in np.flatnonzero(mask):
       prediction = Prediction(
           id=str(ids[row]),
-          reference=vocab.decode(labels[row, : label_lengths[row]]),
+          reference=vocab.decode_reference(labels[row, : label_lengths[row]]),
           prediction=vocab.decode(tokens[row, : lengths[row]]),
           score=None if scores is None else float(scores[row]))
       if alternatives is not None:

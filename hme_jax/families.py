@@ -8,7 +8,16 @@ batch)`` (see ``hme_jax.input_pipeline`` for the batch layout):
   greedy(variables, batch) -> (tokens [B, L], lengths [B])
   beam(variables, batch, beam_width, max_length) -> (tokens [B, K, L], lengths [B, K], scores [B, K])
 
-``create_family(config, vocab, dtype)`` picks the family from ``config.model.name``.
+and, for the data pipeline and the trainer, without building anything:
+
+  ctc_frame_stride(model_config) -> image columns per CTC frame, or None (no CTC constraint)
+  trainable_mask(abstract_params) -> pytree of bools (frozen parameters False), or None
+  describe() -> a one-line name for logs
+
+``FAMILIES`` is the one registry, keyed by ``config.model.name``:
+``create_family(config, vocab, dtype)`` builds the named family and
+``register_family`` adds one (tests/test_families.py trains, evaluates and
+predicts with a toy family added that way). Nothing else looks at the name.
 """
 
 from __future__ import annotations
@@ -17,16 +26,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from hme_jax import ctc, decoding, models
+from hme_jax import ctc, decoding, models, seq2seq
+from hme_jax.preprocessing import images_to_float
 from hme_jax.vocab import Vocabulary
-
-
-def images_to_float(images) -> jax.Array:
-  """``uint8 [B, H, W, 1]`` (or float already in [0, 1]) -> float32 in [0, 1], the models' input."""
-  images = jnp.asarray(images)
-  if images.dtype == jnp.uint8:
-    return images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32)
 
 
 def label_paddings(labels: jax.Array, label_lengths: jax.Array) -> jax.Array:
@@ -40,10 +42,23 @@ class CTCFamily:
 
   def __init__(self, model_config: ml_collections.ConfigDict, vocab: Vocabulary,
                dtype=jnp.float32):
+    self.model_config = model_config
     self.vocab = vocab
     self.num_classes = len(vocab)
-    self.model = models.create_model(model_config, self.num_classes, dtype)
+    self.model = self.create_model(model_config, self.num_classes, dtype)
     self.grammar = decoding.LatexGrammar.from_vocab(vocab)
+
+  create_model = staticmethod(models.create_crnn)  # (model_config, num_classes, dtype) -> module
+
+  @staticmethod
+  def ctc_frame_stride(model_config: ml_collections.ConfigDict) -> int | None:
+    return model_config.width_downsample
+
+  def trainable_mask(self, abstract_params):
+    return models.trainable_mask(abstract_params, self.model_config)
+
+  def describe(self) -> str:
+    return f"{self.model_config.name} ({self.model_config.backbone})"
 
   def init(self, rng: jax.Array, batch) -> dict:
     params_rng, dropout_rng = jax.random.split(rng)
@@ -67,10 +82,12 @@ class CTCFamily:
       logits, frame_paddings = self.model.apply(variables, images, batch["image_widths"],
                                                 train=False)
       new_extra = extra_variables
-    per_sequence, feasible = ctc.ctc_loss(
-        logits, frame_paddings, batch["labels"],
-        label_paddings(batch["labels"], batch["label_lengths"]), blank_id=self.vocab.blank_id)
-    weights = feasible * batch["sample_mask"]
+    paddings = label_paddings(batch["labels"], batch["label_lengths"])
+    per_sequence, feasible = ctc.ctc_loss(logits, frame_paddings, batch["labels"], paddings,
+                                          blank_id=self.vocab.blank_id)
+    # A label id 0 is a token outside the vocabulary (an evaluation caption): no loss.
+    in_vocabulary = jnp.all((batch["labels"] != 0) | (paddings > 0), axis=1)
+    weights = feasible * batch["sample_mask"] * in_vocabulary
     loss_sum = jnp.sum(per_sequence * weights)
     metrics = {
         "loss_sum": loss_sum,
@@ -93,11 +110,29 @@ class CTCFamily:
         grammar=self.grammar if well_formed else None)
 
 
+FAMILIES: dict[str, type] = {"crnn": CTCFamily, "attention": seq2seq.Seq2SeqFamily}
+
+
+def register_family(name: str, family: type) -> None:
+  """Makes ``config.model.name = name`` build ``family(config.model, vocab, dtype)``."""
+  if name in FAMILIES and FAMILIES[name] is not family:
+    raise ValueError(f"A model family named {name!r} is already registered: "
+                     f"{FAMILIES[name].__name__}.")
+  FAMILIES[name] = family
+
+
+def family_class(model_config: ml_collections.ConfigDict) -> type:
+  """The registered family of ``model_config.name``; a clear error for an unknown name."""
+  if model_config.name not in FAMILIES:
+    raise ValueError(f"Unknown config.model.name {model_config.name!r}; registered model "
+                     f"families: {sorted(FAMILIES)} (hme_jax.families.register_family adds one).")
+  return FAMILIES[model_config.name]
+
+
 def create_family(config: ml_collections.ConfigDict, vocab: Vocabulary, dtype=jnp.float32):
-  name = config.model.name
-  if name == "crnn":
-    return CTCFamily(config.model, vocab, dtype)
-  if name == "attention":
-    from hme_jax import seq2seq
-    return seq2seq.Seq2SeqFamily(config.model, vocab, dtype)
-  raise ValueError(f"Unknown config.model.name {name!r}; expected 'crnn' or 'attention'.")
+  return family_class(config.model)(config.model, vocab, dtype)
+
+
+def ctc_frame_stride(config: ml_collections.ConfigDict) -> int | None:
+  """Image columns per CTC frame of ``config``'s model; None if it has no CTC constraint."""
+  return family_class(config.model).ctc_frame_stride(config.model)

@@ -6,7 +6,8 @@ A batch is a dict of NumPy arrays:
                                         (H, W) from ``BatchShapes`` (config.input)
   image_heights  int32   [B]           content height before padding
   image_widths   int32   [B]           content width before padding
-  labels         int32   [B, L]        token ids, 0-padded
+  labels         int32   [B, L]        token ids, 0-padded (0 within the length: a token
+                                        outside the vocabulary, in evaluation splits only)
   label_lengths  int32   [B]
   ctc_feasible   float32 [B]           0 where the label cannot fit the image's CTC
                                         frames (the loss masks these; they are counted)
@@ -33,8 +34,9 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
-from hme_jax import ctc, preprocessing
+from hme_jax import ctc, families, preprocessing
 from hme_jax.vocab import Vocabulary
 
 MIN_LABEL_BUCKET = 16
@@ -68,7 +70,7 @@ def dataset_builder(dataset_config: ml_collections.ConfigDict, prepare: bool = T
 def load_vocabulary(builder) -> Vocabulary:
   """The vocabulary saved with the prepared data."""
   import tfds_crohme
-  return tfds_crohme.load_vocabulary(builder)
+  return Vocabulary.from_json(tfds_crohme.load_vocabulary(builder))
 
 
 def data_source(builder, split: str):
@@ -90,15 +92,25 @@ def _as_str(value) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class EncodeLabel(grain.transforms.Map):
-  """``{image [H, W, 1], latex, id}`` -> ``{image [h, w] cropped to the ink, labels [L], id}``."""
+  """``{image [H, W, 1], latex, id}`` -> ``{image [h, w] cropped to the ink, labels [L], id}``.
+
+  A token outside the vocabulary is an error, or with ``allow_unknown`` (evaluation
+  splits) label id 0 and a warning naming it and the sample: the sample is scored
+  as wrong (``Vocabulary.encode``), and left out of the loss.
+  """
 
   vocab: Vocabulary
+  allow_unknown: bool = False
 
   def map(self, record: dict[str, Any]) -> dict[str, Any]:
     sample_id = _as_str(record["id"])
+    latex = _as_str(record["latex"])
+    if self.allow_unknown and (unknown := self.vocab.unknown_tokens(latex)):
+      logging.warning("Sample %r holds %s, outside the model's vocabulary: it is scored as "
+                      "wrong.", sample_id, ", ".join(repr(token) for token in unknown))
     return {
-        "image": preprocessing.crop_to_ink(np.asarray(record["image"])[..., 0]),
-        "labels": self.vocab.encode(_as_str(record["latex"]), sample_id=sample_id),
+        "image": preprocessing.dataset_ink(np.asarray(record["image"])[..., 0]),
+        "labels": self.vocab.encode(latex, sample_id=sample_id, allow_unknown=self.allow_unknown),
         "id": sample_id,
     }
 
@@ -106,9 +118,11 @@ class EncodeLabel(grain.transforms.Map):
 @dataclasses.dataclass(frozen=True)
 class Augment(grain.transforms.RandomMap):
   augment_config: ml_collections.ConfigDict
+  statistics: preprocessing.InkStatistics  # what paper pages are normalised back to
 
   def random_map(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    return {**example, "image": preprocessing.augment(example["image"], rng, self.augment_config)}
+    return {**example, "image": preprocessing.augment(example["image"], rng, self.augment_config,
+                                                      self.statistics)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +269,8 @@ def per_process_batch_size(global_batch_size: int) -> int:
 
 
 def ctc_width_downsample(config) -> int | None:
-  return config.model.width_downsample if config.model.name == "crnn" else None
+  """Image columns per CTC frame of the config's model family (None: no CTC constraint)."""
+  return families.ctc_frame_stride(config)
 
 
 def check_shapes(config) -> BatchShapes:
@@ -313,14 +328,15 @@ def _shard_for_process(dataset: grain.MapDataset, max_samples: int) -> grain.Map
   return dataset[jax.process_index()::jax.process_count()]
 
 
-def encoded_examples(config, source, vocab: Vocabulary, max_samples: int) -> grain.MapDataset:
+def encoded_examples(config, source, vocab: Vocabulary, max_samples: int,
+                     allow_unknown: bool = False) -> grain.MapDataset:
   """This process's share of ``source`` as encoded examples (``EncodeLabel``).
 
   With ``config.input.cache_in_memory`` every image is decoded and cropped
   once, on all cores, and kept in memory (CROHME train: about 170 MB).
   """
   examples = _shard_for_process(grain.MapDataset.source(source), max_samples).map(
-      EncodeLabel(vocab))
+      EncodeLabel(vocab, allow_unknown))
   if not config.input.get("cache_in_memory", False):  # absent from configs saved before it
     return examples
   threads = max(os.cpu_count() or 1, 1)
@@ -367,8 +383,9 @@ def sorted_batch_order(keys: np.ndarray, batch_size: int, num_epochs: int, seed:
   """Record indices of ``num_epochs`` epochs of full batches, each batch contiguous.
 
   Every epoch shuffles the records (dropping the remainder of a batch), sorts
-  each run of ``window`` batches by ``keys``, cuts batches, and shuffles the
-  order of the epoch's batches: batches of similar samples, in random order.
+  each run of ``window`` batches by ``keys`` (``window`` 0: no sorting), cuts
+  batches, and shuffles the order of the epoch's batches: batches of similar
+  samples, in random order.
   """
   rng = np.random.default_rng(seed)
   steps = len(keys) // batch_size
@@ -376,7 +393,7 @@ def sorted_batch_order(keys: np.ndarray, batch_size: int, num_epochs: int, seed:
   epochs = []
   for _ in range(num_epochs):
     order = rng.permutation(len(keys))[: steps * batch_size]
-    for start in range(0, len(order), span):
+    for start in range(0, len(order), span) if window else ():
       chunk = order[start:start + span]
       order[start:start + span] = chunk[np.argsort(keys[chunk], kind="stable")]
     epochs.append(order.reshape(steps, batch_size)[rng.permutation(steps)].reshape(-1))
@@ -386,32 +403,35 @@ def sorted_batch_order(keys: np.ndarray, batch_size: int, num_epochs: int, seed:
 def train_dataset(config, source, vocab: Vocabulary) -> grain.MapDataset:
   """Shuffled, augmented batches for all epochs, as a random-access MapDataset.
 
-  Only full batches are made, so every epoch has
-  ``steps_per_epoch(config, len(source))`` steps.
+  Each epoch is ``steps_per_epoch(config, len(source))`` full batches of distinct
+  samples (``sorted_batch_order``): a batch never spans two epochs, and the
+  remainder of an epoch waits for another epoch's shuffle.
   """
   shapes = check_shapes(config)
   check_augment(config.augment)
   examples = encoded_examples(config, source, vocab, config.dataset.max_train_samples)
   batch_size = per_process_batch_size(config.train.batch_size)
-  if config.input.get("sort_window", 0):  # absent from configs saved before it existed
-    order = sorted_batch_order(size_keys(config, examples), batch_size,
-                               config.train.num_epochs, config.seed, config.input.sort_window)
-    dataset = grain.MapDataset.source(_Reordered(examples, order)).seed(config.seed)
-  else:
-    dataset = examples.seed(config.seed).shuffle().repeat(config.train.num_epochs)
+  window = config.input.get("sort_window", 0)  # absent from configs saved before it existed
+  keys = size_keys(config, examples) if window else np.zeros(len(examples), np.int64)
+  order = sorted_batch_order(keys, batch_size, config.train.num_epochs, config.seed, window)
+  dataset = grain.MapDataset.source(_Reordered(examples, order)).seed(config.seed)
   if config.augment.enabled:
-    dataset = dataset.random_map(Augment(config.augment))
+    dataset = dataset.random_map(Augment(config.augment,
+                                         preprocessing.InkStatistics.from_config(config)))
   dataset = fitted(config, dataset)
   return dataset.batch(batch_size, drop_remainder=True, batch_fn=PadBatch(batch_size, shapes))
 
 
 def eval_dataset(config, source, vocab: Vocabulary, batch_size: int | None = None,
                  max_samples: int | None = None) -> grain.MapDataset:
-  """Every sample of a split once, in full (masked) batches; in size order with ``sort_window``."""
+  """Every sample of a split once, in full (masked) batches; in size order with ``sort_window``.
+
+  A caption token outside ``vocab`` is label id 0 (``EncodeLabel``): the sample is scored wrong.
+  """
   shapes = check_shapes(config)
   if max_samples is None:
     max_samples = config.dataset.max_eval_samples
-  examples = encoded_examples(config, source, vocab, max_samples)
+  examples = encoded_examples(config, source, vocab, max_samples, allow_unknown=True)
   if config.input.get("sort_window", 0):  # absent from configs saved before it existed
     order = np.argsort(size_keys(config, examples), kind="stable")
     examples = grain.MapDataset.source(_Reordered(examples, order))

@@ -19,6 +19,8 @@ import dataclasses
 import functools
 from collections.abc import Iterable, Sequence
 
+from hme_jax import grammar
+
 # The 109 token names of the CROHME training captions (a naming convention; the
 # normaliser writes exactly these spellings).
 CROHME_TOKENS = frozenset((
@@ -518,47 +520,10 @@ def is_well_formed(tokens: Sequence[str]) -> bool:
 
   Braces balance; every ``{`` opens a non-empty group owned by ``^``, ``_``,
   ``\\frac`` (exactly two groups) or ``\\sqrt`` (``\\sqrt { .. }`` or
-  ``\\sqrt [ .. ] { .. }`` with a non-empty index).
+  ``\\sqrt [ .. ] { .. }`` with a non-empty index). The rules are
+  ``hme_jax.grammar``'s, which the beam search's well-formed constraint applies too.
   """
-  tokens = list(tokens)
-
-  def group(position: int) -> int | None:
-    """End (exclusive) of a non-empty well-formed group at ``position``."""
-    if position >= len(tokens) or tokens[position] != "{":
-      return None
-    end = sequence(position + 1, "}")
-    if end is None or end == position + 1 or end >= len(tokens):
-      return None
-    return end + 1
-
-  def sequence(position: int, closer: str | None) -> int | None:
-    """Position of ``closer`` ending the sequence from ``position`` (None: bad)."""
-    while position < len(tokens):
-      token = tokens[position]
-      if token == closer:
-        return position
-      if token in ("{", "}"):
-        return None
-      if token in SCRIPTS:
-        position = group(position + 1)
-      elif token == r"\frac":
-        position = group(position + 1)
-        position = None if position is None else group(position)
-      elif token == r"\sqrt":
-        position += 1
-        if position < len(tokens) and tokens[position] == "[":
-          end = sequence(position + 1, "]")
-          if end is None or end == position + 1:
-            return None
-          position = end + 1
-        position = group(position)
-      else:
-        position += 1
-      if position is None:
-        return None
-    return position if closer is None else None
-
-  return sequence(0, None) == len(tokens)
+  return grammar.is_well_formed(tokens)
 
 
 # --- rendering with matplotlib mathtext -------------------------------------------
@@ -582,8 +547,10 @@ def to_mathtext(tokens: Sequence[str] | str, empty: str = r"\varnothing") -> str
 
   The tokens are cleaned first (``clean_tokens``) so the structure parses;
   a second script of the same kind on one base gets an empty base (mathtext
-  refuses double superscripts); commands mathtext does not know are drawn as
-  upright text; ``empty`` is drawn for an empty expression.
+  refuses double superscripts); a script touches its group (``x ^{ 2 }``:
+  mathtext reads ``x ^ { 2 }`` as a script of a space, drawing the 2 inline);
+  commands mathtext does not know are drawn as upright text; ``empty`` is drawn
+  for an empty expression.
   """
   if isinstance(tokens, str):
     tokens = tokens.split()
@@ -606,6 +573,10 @@ def to_mathtext(tokens: Sequence[str] | str, empty: str = r"\varnothing") -> str
     elif token == "{":
       attached.append(set())
       script_groups.append(previous in SCRIPTS)
+      if previous in SCRIPTS:
+        out[-1] += token
+        previous = token
+        continue
     elif token == "}":
       attached.pop()
       if not script_groups.pop():

@@ -4,9 +4,12 @@
   python -m hme_jax.predict --workdir DIR IMAGE... [--json] [--render out.png]
 
 PNG/JPEG/BMP (anything Pillow decodes), any size, colour or greyscale, dark
-ink on light paper or the reverse: the polarity is detected, the image cropped
-to its ink and resized exactly as in training (``hme_jax.preprocessing``).
-A file that cannot be read is reported and the rest of the batch still runs.
+ink on light paper or the reverse, photographed, scanned or drawn: the paper,
+uneven light and ruling are removed, the polarity detected, the ink cropped and
+brought to the training data's stroke width and symbol size, then resized
+exactly as in training (``preprocessing.normalise`` and ``fit_image``).
+``--show-input out.png`` writes what the model read. A file that cannot be read
+is reported and the rest of the batch still runs.
 """
 
 from __future__ import annotations
@@ -72,21 +75,23 @@ def load_image(data, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 
 
 class NoInkError(ImageError):
-  """The image holds no ink to read (blank, or a single faint pixel)."""
+  """The image holds no ink to read (blank, one colour, or only faint specks)."""
 
 
-def prepare_image(gray: np.ndarray, input_config) -> np.ndarray:
-  """Greyscale ``uint8 [H, W]`` of either polarity -> the model's ``uint8 [h, w]``.
+def prepare_image(gray: np.ndarray, input_config,
+                  statistics: preprocessing.InkStatistics = preprocessing.CROHME_TRAIN
+                  ) -> np.ndarray:
+  """Greyscale ``uint8 [H, W]`` of either polarity -> the model's ``uint8 [h, w]``
+  (``preprocessing.normalise`` to the training data's ``statistics``, then ``fit_image``:
+  ``preprocessing.model_input``).
 
   Raises:
-    NoInkError: nothing in the image is darker (or lighter) than the paper.
+    NoInkError: nothing in the image stands out of the paper.
   """
-  image = preprocessing.to_white_on_black(gray)
-  cropped = preprocessing.crop_to_ink(image)
-  if cropped.shape == image.shape and not (image > preprocessing.INK_THRESHOLD).any():
-    raise NoInkError(f"The image ({gray.shape[1]}x{gray.shape[0]} px) has no ink to read: every "
-                     "pixel is the paper's colour. Write or draw the formula and try again.")
-  return preprocessing.fit_image(cropped, input_config)
+  try:
+    return preprocessing.model_input(gray, input_config, statistics)
+  except preprocessing.NoInkError as error:
+    raise NoInkError(str(error)) from None
 
 
 @dataclasses.dataclass
@@ -94,6 +99,7 @@ class Recognition:
   latex: str                              # space-separated CROHME tokens
   alternatives: list[tuple[str, float]]   # (latex, log-probability), best first
   tokens: list[str]
+  model_input: np.ndarray | None = None   # uint8 [h, w]: the image the model read
 
 
 class Recognizer:
@@ -118,6 +124,7 @@ class Recognizer:
                         else well_formed)
     self.batch_size = max(int(evaluation_config.batch_size), 1)
     self.input_config = model.config.input
+    self.statistics = preprocessing.InkStatistics.from_config(model.config)
 
   @classmethod
   def from_workdir(cls, workdir: str, *, checkpoint: str = "best", decoder: str | None = None,
@@ -139,7 +146,7 @@ class Recognizer:
 
   def prepare(self, image) -> np.ndarray:
     """Any image input -> the model's ``uint8 [h, w]`` (raises ImageError, NoInkError)."""
-    return prepare_image(load_image(image), self.input_config)
+    return prepare_image(load_image(image), self.input_config, self.statistics)
 
   def recognize(self, images) -> list[Recognition]:
     """Images (paths, bytes, PIL images or arrays, any polarity) -> one Recognition each.
@@ -179,12 +186,12 @@ class Recognizer:
                                        well_formed=self.well_formed,
                                        num_alternatives=self.beam_width)
     results = []
-    for prediction in predictions:
+    for prediction, image in zip(predictions, images):
       latex = " ".join(prediction.prediction)
       alternatives = [(" ".join(tokens), score) for tokens, score in prediction.alternatives or []
                       if np.isfinite(score)]
       results.append(Recognition(latex=latex, alternatives=alternatives or [(latex, 0.0)],
-                                 tokens=prediction.prediction))
+                                 tokens=prediction.prediction, model_input=image))
     return results
 
 
@@ -213,6 +220,17 @@ def render(path: str, images: list[np.ndarray], latex_strings: list[str]) -> Non
   plt.close(figure)
 
 
+def show_inputs(path: str, images: list[np.ndarray], gap: int = 4) -> None:
+  """Writes the model's inputs (white ink on black, as it reads them) stacked top to bottom,
+  ``gap`` grey rows apart, into one PNG."""
+  width = max(image.shape[1] for image in images)
+  rows = []
+  for image in images:
+    rows += [np.pad(image, ((0, 0), (0, width - image.shape[1]))),
+             np.full((gap, width), 128, np.uint8)]
+  Image.fromarray(np.concatenate(rows[:-1])).save(path)
+
+
 # --- command line ----------------------------------------------------------------
 
 
@@ -229,6 +247,9 @@ def main(argv=None) -> int:
   parser.add_argument("--beam_width", type=int, default=None)
   parser.add_argument("--json", action="store_true", help="Print JSON instead of LaTeX lines.")
   parser.add_argument("--render", default="", help="Write a PNG of inputs beside predictions.")
+  parser.add_argument("--show-input", "--show_input", default="",
+                      help="Write a PNG of what the model read: each image normalised and "
+                      "resized (white ink on black), top to bottom in the order given.")
   parser.add_argument("images", nargs="+", help="Image files.")
   args = parser.parse_args(argv)
 
@@ -244,7 +265,8 @@ def main(argv=None) -> int:
   for path in args.images:
     try:
       originals[path] = load_image(path)
-      prepared[path] = prepare_image(originals[path], recognizer.input_config)
+      prepared[path] = prepare_image(originals[path], recognizer.input_config,
+                                     recognizer.statistics)
     except (ImageError, OSError) as error:
       errors[path] = str(error)
       print(f"{path}: error: {error}", file=sys.stderr)
@@ -262,6 +284,9 @@ def main(argv=None) -> int:
   if args.render and recognitions:
     render(args.render, [originals[path] for path in recognitions], [r.latex for r in recognitions.values()])
     print(f"Rendered to {args.render}", file=sys.stderr)
+  if args.show_input and prepared:
+    show_inputs(args.show_input, list(prepared.values()))
+    print(f"Model inputs written to {args.show_input}", file=sys.stderr)
   return 1 if errors else 0
 
 

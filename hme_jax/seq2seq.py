@@ -40,15 +40,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from hme_jax.families import images_to_float
 from hme_jax.models.attention import create_attention_model
+from hme_jax.preprocessing import images_to_float
 from hme_jax.vocab import Vocabulary
 
 SPECIALS = ("<sos>", "<eos>")
 LEFT_TO_RIGHT, RIGHT_TO_LEFT = 0, 1
-
-DEFAULT_MAX_DECODE_LENGTH = 200
-DEFAULT_LENGTH_PENALTY = 1.0
 
 
 # --- label layout --------------------------------------------------------------
@@ -138,9 +135,19 @@ class Seq2SeqFamily:
     self.eos_id = self.vocab.id_of(SPECIALS[1])
     self.num_classes = len(self.vocab)
     self.model = create_attention_model(model_config, self.num_classes, dtype)
-    self.label_smoothing = float(model_config.get("label_smoothing", 0.0))
-    self.max_decode_length = int(model_config.get("max_decode_length", DEFAULT_MAX_DECODE_LENGTH))
-    self.length_penalty = float(model_config.get("length_penalty", DEFAULT_LENGTH_PENALTY))
+    self.label_smoothing = float(model_config.label_smoothing)
+    self.max_decode_length = int(model_config.max_decode_length)
+    self.length_penalty = float(model_config.length_penalty)
+
+  @staticmethod
+  def ctc_frame_stride(model_config: ml_collections.ConfigDict) -> None:
+    return None  # any caption fits: no frames to align
+
+  def trainable_mask(self, abstract_params) -> None:
+    return None  # everything trains
+
+  def describe(self) -> str:
+    return "attention"
 
   # --- plumbing ---
 
@@ -208,7 +215,9 @@ class Seq2SeqFamily:
     weights = mask.astype(jnp.float32)
     per_sample = jnp.sum(token_loss * weights, axis=(1, 2)) / jnp.maximum(
         jnp.sum(weights, axis=(1, 2)), 1.0)
-    sample_mask = jnp.asarray(batch["sample_mask"], jnp.float32)
+    # A label id 0 is a token outside the vocabulary (an evaluation caption): no loss.
+    in_vocabulary = jnp.all((targets != 0) | ~mask, axis=(1, 2))
+    sample_mask = jnp.asarray(batch["sample_mask"], jnp.float32) * in_vocabulary
     token_weights = weights * sample_mask[:, None, None]
     metrics = {
         "loss_sum": jnp.sum(per_sample * sample_mask),

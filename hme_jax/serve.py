@@ -12,12 +12,15 @@ serves, on 127.0.0.1 unless told otherwise:
                          a ``data:image/...;base64,`` URL, or JSON
                          ``{"image": "<data URL or base64>"}``;
                          answer: ``{"latex", "alternatives": [{"latex", "score"}],
-                         "ms"}`` (+ ``"svg"`` with ``?render=svg``);
+                         "input", "ms"}`` (``input``: a PNG data URL of the image the
+                         model read; + ``"svg"`` with ``?render=svg``);
                          errors: 4xx/5xx ``{"error": "<what is wrong>"}``
 
 Images go through ``hme_jax.predict.load_image`` (decoded, never trusted by name
-or extension; pixel-count limit) and ``Recognizer.recognize`` (polarity,
-cropping, resizing): the same code path as the ``predict`` CLI. The model is
+or extension; pixel-count limit) and ``Recognizer.recognize`` (the normalisation
+of ``preprocessing.normalise``: paper, light, polarity, crop, scale, pen; then
+resizing): the same code path as the ``predict`` CLI, and the page shows the
+normalised image beside the result. The model is
 loaded once and owned by one worker thread; requests queue up and the worker
 recognises whatever is pending as one batch, so concurrent requests share the
 model without mixing answers. No file-system path is ever taken from a request.
@@ -46,6 +49,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -79,7 +83,8 @@ class Recognizes(Protocol):
   """What the server needs of a recogniser (``hme_jax.predict.Recognizer``)."""
 
   def recognize(self, images: list[np.ndarray]) -> list[Any]:
-    """``images``: uint8 ``[H, W]`` each -> objects with ``latex`` and ``alternatives``."""
+    """``images``: uint8 ``[H, W]`` each -> objects with ``latex`` and ``alternatives`` (and,
+    shown on the page where present, ``model_input``: the uint8 image the model read)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,18 +258,31 @@ def image_bytes_from_body(body: bytes, content_type: str) -> bytes:
   return body
 
 
+def png_data_url(image: np.ndarray) -> str:
+  """``uint8 [H, W]`` -> ``data:image/png;base64,...``."""
+  ok, encoded = cv2.imencode(".png", image)
+  if not ok:
+    raise RuntimeError(f"OpenCV could not PNG-encode an image of shape {image.shape}.")
+  return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
 def recognition_json(recognition: Any) -> dict[str, Any]:
-  """``Recognition`` -> ``{"latex", "alternatives": [{"latex", "score"}]}``."""
+  """``Recognition`` -> ``{"latex", "alternatives": [{"latex", "score"}]}``, and ``"input"``
+  (``png_data_url`` of the image the model read) where the recognition has it."""
 
   def finite(score):
     score = float(score)
     return score if math.isfinite(score) else None  # JSON has no inf/NaN
 
-  return {
+  answer = {
       "latex": recognition.latex,
       "alternatives": [{"latex": latex, "score": finite(score)}
                        for latex, score in recognition.alternatives],
   }
+  model_input = getattr(recognition, "model_input", None)
+  if model_input is not None:
+    answer["input"] = png_data_url(model_input)
+  return answer
 
 
 class FormulaRenderer:

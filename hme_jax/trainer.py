@@ -1,6 +1,8 @@
 """Training loop: ``train_and_evaluate(config, workdir)``.
 
-Each epoch trains on ``config.dataset.train_split``; every
+Each epoch is one shuffled pass over ``config.dataset.train_split`` in full
+batches (``input_pipeline.steps_per_epoch`` of them; the samples left over, fewer
+than a batch, wait for a later epoch's shuffle, and no batch spans two epochs); every
 ``config.train.eval_every_epochs`` epochs (and at the end) the model is
 validated on ``config.dataset.eval_split`` (greedy decoding: loss, ExpRate and
 token error rate) and checkpointed. The step is ``jax.jit``-compiled over a
@@ -11,10 +13,13 @@ Re-running with the same work dir resumes from the latest checkpoint.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -28,7 +33,7 @@ import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hme_jax import checkpoints as checkpoints_lib
-from hme_jax import device_data, evaluation, families, input_pipeline, models
+from hme_jax import device_data, evaluation, families, input_pipeline
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -124,10 +129,8 @@ def make_initializer(family, config: ml_collections.ConfigDict, steps_per_epoch:
   gives the restore target of a resumed run without initialising anything.
   """
   inputs = {k: v for k, v in batch.items() if k != "ids"}
-  trainable = None
-  if config.model.name == "crnn":
-    abstract_params = jax.eval_shape(family.init, jax.random.PRNGKey(0), inputs)["params"]
-    trainable = models.trainable_mask(abstract_params, config.model)
+  trainable = family.trainable_mask(
+      jax.eval_shape(family.init, jax.random.PRNGKey(0), inputs)["params"])
   optimizer = make_optimizer(config.train, steps_per_epoch, trainable)
   plateau = make_plateau(config.train)
 
@@ -222,6 +225,24 @@ class SteadyThroughput:
 def _say(message: str) -> None:
   if jax.process_index() == 0:
     print(message, flush=True)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+  """Yields an event set by SIGTERM (``timeout``, a preempted VM), so the loop can save and stop.
+
+  Only in the main thread of a single-process run: elsewhere signals cannot be
+  caught, and processes of a multi-host run must stop at the same step.
+  """
+  requested = threading.Event()
+  if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+    yield requested
+    return
+  previous = signal.signal(signal.SIGTERM, lambda *_: requested.set())
+  try:
+    yield requested
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def _check_finite(value: float, step: int, workdir: str) -> None:
@@ -321,8 +342,8 @@ class TrainFeed:
     wait_start = time.time()
     batch = next(self.iterator)
     waited = time.time() - wait_start
-    return (batch_key(batch["images"].shape, batch["labels"].shape),
-            evaluation.shard_batch(batch, self.mesh), waited)
+    inputs = evaluation.shard_batch(batch, self.mesh)  # global shapes, agreed by the processes
+    return batch_key(inputs["images"].shape, inputs["labels"].shape), inputs, waited
 
   def get_state(self) -> dict:
     if self.device_resident:
@@ -358,7 +379,7 @@ def warm_up_evaluation(family, abstract_variables, config, mesh, beam: bool) -> 
   this process's jit cache and JAX's persistent cache (for ``evaluate``).
   """
   shapes = input_pipeline.BatchShapes.from_config(config.input).canvases
-  if not shapes:
+  if not shapes or jax.process_count() > 1:  # processes must run their programs in one order
     return
   batch_size = evaluation.eval_batch_size(config.eval.batch_size)
   variables = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype, device=x.sharding),
@@ -370,15 +391,31 @@ def warm_up_evaluation(family, abstract_variables, config, mesh, beam: bool) -> 
     if beam:
       images = {key: batch[key] for key in evaluation.IMAGE_KEYS}
       jax.block_until_ready(evaluation.beam_step(
-          family, variables, images, config.eval.beam_width, config.eval.get("max_length", 0),
+          family, variables, images, config.eval.beam_width, config.eval.max_length,
           config.eval.well_formed))
+
+
+def check_batch_size(batch_size: int) -> None:
+  """A clear error unless the global batch splits evenly over the devices of every process."""
+  devices = jax.device_count()
+  if batch_size % devices:
+    multiple = -(-batch_size // devices) * devices
+    raise ValueError(
+        f"config.train.batch_size={batch_size} does not divide by the {devices} "
+        f"{jax.default_backend()} devices: the global batch is split evenly over them. Use a "
+        f"multiple of {devices}, e.g. --config.train.batch_size={multiple}.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the history."""
   process_start = time.time()
-  if config.distributed:
-    jax.distributed.initialize()
+  if config.distributed and not jax.distributed.is_initialized():
+    # Fields left unset (as on a TPU pod slice) are detected by JAX.
+    jax.distributed.initialize(
+        coordinator_address=config.coordinator_address or None,
+        num_processes=config.num_processes or None,
+        process_id=config.process_id if config.process_id >= 0 else None)
+  check_batch_size(config.train.batch_size)
   # Absent from configs saved before it existed.
   evaluation.use_compilation_cache(config.train.get("compilation_cache_dir", ""))
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -406,9 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config, eval_source, vocab, batch_size=evaluation.eval_batch_size(config.eval.batch_size))
   data_seconds = time.time() - process_start
 
-  architecture = config.model.name + (f" ({config.model.backbone})"
-                                      if config.model.name == "crnn" else "")
-  _say(f"Training {architecture} on "
+  _say(f"Training {family.describe()} on "
        f"{jax.device_count()} {jax.default_backend()} device(s), compute {jnp.dtype(dtype).name}; "
        f"{steps_per_epoch * config.train.batch_size} training images per epoch "
        f"({len(train_source)} in the split; {feed.describe()}), {steps_per_epoch} steps/epoch, "
@@ -475,6 +510,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _say(f"The training budget config.train.max_seconds={budget} is already spent "
          f"({previous_seconds:.0f} s in this work dir): nothing to train.")
     total_steps = start_step
+  on_exit = contextlib.ExitStack()
+  stop_requested = on_exit.enter_context(_stop_on_sigterm())
+  terminated = False
   try:
     while step < total_steps:
       key, inputs, waited = feed.next(step)
@@ -499,6 +537,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              f"is spent ({train_seconds():.0f} s in this work dir). Raise it and re-run to "
              "continue.")
         total_steps = step
+      if stop_requested.is_set() and step < total_steps:
+        _say(f"Stopping at step {step}: terminated (SIGTERM); saving a checkpoint without "
+             "validating. Re-run to continue.")
+        total_steps, terminated = step, True
       end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
       if step % config.train.log_every_steps == 0 or end_of_epoch:
         sums = jax.device_get(epoch_sums)  # the only host sync of the loop
@@ -512,12 +554,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  "train/grad_norm": float(sums["grad_norm"] / sums["steps"])})
       epoch = math.ceil(step / steps_per_epoch)
       every = config.train.eval_every_epochs
-      if end_of_epoch and every and (epoch % every == 0 or step == total_steps):
+      if (end_of_epoch and every and not terminated
+          and (epoch % every == 0 or step == total_steps)):
         epoch_time = time.time() - epoch_start
         val = validate(family, state.variables, eval_data, mesh)
         _, plateau_state = plateau.update(updates={}, state=jax.device_get(state.plateau),
                                           value=val["loss"])
-        state = state.replace(plateau=jax.device_put(plateau_state, replicated))
+        # From host values: a single-device array put on a multi-process mesh is malformed.
+        state = state.replace(plateau=jax.device_put(jax.device_get(plateau_state), replicated))
         record = {
             "epoch": epoch, "step": step,
             "train_loss": train_loss, "train_infeasible": float(sums.get("infeasible", 0.0)),
@@ -553,15 +597,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         input_wait += epoch_input_wait
         epoch_sums, epoch_images, epoch_start, epoch_input_wait = {}, 0, time.time(), 0.0
   finally:
+    on_exit.close()
     progress.close()
     summaries.close()
     checkpoints.close()
-    # The programs it compiles are for evaluate (persistent cache): let it finish.
-    if (error := eval_warm_up.exception()) is not None:
+    # The programs it compiles are for evaluate (persistent cache): let it finish, unless
+    # the process is asked to end.
+    if not terminated and (error := eval_warm_up.exception()) is not None:
       _say(f"Warning: compiling the evaluation programs ahead failed ({error!r}); evaluation "
            "will compile them when it runs.")
 
-  result = {"history": history, "steps": step,
+  result = {"history": history, "steps": step, "steps_per_epoch": steps_per_epoch,
+            "batch_size": config.train.batch_size,
             "best_val_exprate": max((r["val_exprate"] for r in history), default=None),
             "steady_img_per_s": throughput.images_per_second,
             "batch_shapes": sorted(throughput.shapes),

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 BLANK = "<blank>"
+UNKNOWN = "<unknown>"  # a reference token outside the vocabulary (``encode(allow_unknown=True)``)
 FORMAT = "hme_jax.vocab/v1"
 FILENAME = "vocab.json"
 
@@ -91,18 +92,26 @@ class Vocabulary:
 
   # --- encode / decode ------------------------------------------------------
 
-  def encode(self, caption: str | Sequence[str], sample_id: str | None = None) -> np.ndarray:
+  def encode(self, caption: str | Sequence[str], sample_id: str | None = None, *,
+             allow_unknown: bool = False) -> np.ndarray:
     """Token string (or token list) -> int32 ids ``[L]``.
+
+    ``allow_unknown``: a token outside the vocabulary becomes id 0, the blank,
+    which no decoder emits (an evaluation reference that no prediction matches;
+    ``decode_reference`` shows it as ``UNKNOWN``) instead of an error.
 
     Raises:
       UnknownTokenError: naming the token and the sample, for a token that the
-        training captions never had.
+        training captions never had (unless ``allow_unknown``).
     """
     tokens = caption.split() if isinstance(caption, str) else list(caption)
     ids = np.empty(len(tokens), np.int32)
     for position, token in enumerate(tokens):
       index = self._index.get(token)
       if index is None or index == 0:
+        if allow_unknown:
+          ids[position] = 0
+          continue
         where = f" in sample {sample_id!r}" if sample_id is not None else ""
         raise UnknownTokenError(
             f"Unknown token {token!r}{where} (position {position}). The vocabulary "
@@ -116,6 +125,15 @@ class Vocabulary:
     """Ids -> tokens, dropping blanks and specials (padding is the blank)."""
     first_special = 1 + self.num_tokens
     return [self.tokens[i - 1] for i in map(int, ids) if 0 < i < first_special]
+
+  def decode_reference(self, ids: Iterable[int]) -> list[str]:
+    """Reference label ids -> tokens; 0 (a token outside the vocabulary: ``encode``) is UNKNOWN."""
+    return [UNKNOWN if i == 0 else self.entries[i] for i in map(int, ids)]
+
+  def unknown_tokens(self, caption: str | Sequence[str]) -> list[str]:
+    """The tokens of ``caption`` outside the vocabulary, in order."""
+    tokens = caption.split() if isinstance(caption, str) else list(caption)
+    return [token for token in tokens if self._index.get(token, 0) == 0]
 
   def to_latex(self, ids: Iterable[int]) -> str:
     """Ids -> space-separated token string in the CROHME convention."""

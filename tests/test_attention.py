@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from configs import default
 
 from hme_jax.models import attention, densenet
 
@@ -20,7 +21,9 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
                 decoder_dropout=0.0, cross_coverage=True, self_coverage=True,
                 coverage_channels=4, coverage_kernel=5)
   config.update(overrides)
-  return ml_collections.ConfigDict(config)
+  model_config = default.get_config().model  # every field declared, as the models read them
+  model_config.update(width_downsample=2 ** (config["dense_blocks"] + 1), **config)
+  return model_config
 
 
 def jitted(model, method=None, **kwargs):

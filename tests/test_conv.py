@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hme_jax.models import conv, create_model, densenet
+from hme_jax.models import conv, create_crnn, densenet
 
 # (input [B, H, W, C_in], C_out, kernel, strides, padding): VGG/small 3x3, ResNet's strided
 # 3x3 / 1x1 / 7x7 stem, DenseNet's 1x1 and 5x5 coverage; odd sizes leave a stride remainder.
@@ -95,11 +95,11 @@ def test_crnn_gradient_same_with_switch_on_and_off(backbone):
       "freeze_stages": 0, "conv_gradient": "xla"})
   images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 16, 48, 1)), jnp.float32)
   widths = jnp.array([48, 30])
-  reference = create_model(config, 7)
+  reference = create_crnn(config, 7)
   variables = reference.init(jax.random.PRNGKey(0), images, widths)
   expected = _model_gradients(reference, variables, (images, widths))
   config.conv_gradient = "matmul"
-  got = _model_gradients(create_model(config, 7), variables, (images, widths))
+  got = _model_gradients(create_crnn(config, 7), variables, (images, widths))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4,
                                                        atol=2e-5 * float(jnp.max(jnp.abs(b)))),
                got, expected)

@@ -1,4 +1,4 @@
-"""Tests for hme_jax.decoding: greedy, prefix beam search, the LaTeX grammar.
+"""Tests for hme_jax.decoding: greedy, prefix beam search, the well-formed constraint.
 
 The beam search is checked against brute force: every label sequence up to
 length T scored by ``-optax.ctc_loss`` (its exact CTC log-probability).
@@ -14,6 +14,7 @@ import pytest
 
 from conftest import CROHME_ZIP, requires_crohme
 from hme_jax import decoding
+from hme_jax import grammar as latex_grammar
 from hme_jax.vocab import Vocabulary
 
 
@@ -52,45 +53,6 @@ def hypotheses_of(tokens, lengths, scores, b):
   """Finite-score hypotheses of batch row b as (tuple, score) pairs, best first."""
   return [(tuple(tokens[b, k, :lengths[b, k]].tolist()), float(scores[b, k]))
           for k in range(tokens.shape[1]) if np.isfinite(scores[b, k])]
-
-
-def reference_parse(tokens):
-  """Independent stack machine for CROHME LaTeX token lists.
-
-  Returns "invalid" (no continuation is well formed), "open" (a valid prefix
-  with something left open) or "complete".
-  """
-  stack, expect = [], None   # expect: None, "{", "{num", "{["
-  for token in tokens:
-    if expect is not None:
-      if token == "{":
-        stack.append("numerator" if expect == "{num" else "group")
-      elif token == "[" and expect == "{[":
-        stack.append("index")
-      else:
-        return "invalid"
-      expect = None
-    elif token == "{":
-      return "invalid"  # CROHME captions have no bare groups
-    elif token == "}":
-      if not stack or stack[-1] == "index":
-        return "invalid"
-      if stack.pop() == "numerator":
-        expect = "{"
-    elif token in ("^", "_"):
-      expect = "{"
-    elif token == "\\frac":
-      expect = "{num"
-    elif token == "\\sqrt":
-      expect = "{["
-    elif token == "]" and stack and stack[-1] == "index":
-      stack.pop()
-      expect = "{"
-  return "open" if stack or expect is not None else "complete"
-
-
-def reference_well_formed(tokens):
-  return reference_parse(tokens) == "complete"
 
 
 def reference_beam_search(log_probs, beam_width, is_valid_prefix=None):
@@ -287,7 +249,7 @@ def test_bad_shapes_raise_clear_errors():
 STRUCTURE_TOKENS = ("{", "}", "^", "_", "\\frac", "\\sqrt", "[", "]")
 
 
-def test_well_formed_agrees_with_reference_on_all_short_sequences():
+def test_well_formed_agrees_with_the_python_checker_on_all_short_sequences():
   vocab = Vocabulary(tuple(sorted(STRUCTURE_TOKENS + ("x", "\\{", "\\}"))))
   grammar = decoding.LatexGrammar.from_vocab(vocab)
   sequences = all_sequences(len(vocab), 4)
@@ -296,7 +258,7 @@ def test_well_formed_agrees_with_reference_on_all_short_sequences():
     tokens[i, :len(sequence)] = sequence
   lengths = np.array([len(s) for s in sequences], np.int32)
   got = np.asarray(decoding.well_formed(grammar, tokens, lengths))
-  expected = np.array([reference_well_formed(vocab.decode(s)) for s in sequences])
+  expected = np.array([latex_grammar.is_well_formed(vocab.decode(s)) for s in sequences])
   assert expected.sum() > 50  # the comparison covers both answers
   np.testing.assert_array_equal(got, expected)
 
@@ -336,7 +298,7 @@ def test_well_formed_accepts_crohme_captions_like_the_reference():
     tokens[i, :len(caption.split())] = vocab.encode(caption)
   lengths = np.array([len(c.split()) for c in captions], np.int32)
   got = np.asarray(decoding.well_formed(grammar, tokens, lengths))
-  expected = np.array([reference_well_formed(c.split()) for c in captions])
+  expected = np.array([latex_grammar.is_well_formed(c.split()) for c in captions])
   np.testing.assert_array_equal(got, expected)
   assert expected.mean() > 0.99  # the convention fits the ground truth
 
@@ -349,7 +311,7 @@ def test_grammar_beam_finds_best_well_formed_sequence(tokens):
   rng = np.random.default_rng(5)
   batch, frames, classes = 4, 5, len(vocab)
   sequences = all_sequences(classes, frames)
-  allowed = np.array([reference_well_formed(vocab.decode(s)) for s in sequences])
+  allowed = np.array([latex_grammar.is_well_formed(vocab.decode(s)) for s in sequences])
   logits = random_logits(rng, (batch, frames, classes))
   result = decoding.beam_search(logits, np.zeros((batch, frames), np.float32), beam_width=256,
                                 max_output_length=frames, grammar=grammar)
@@ -359,7 +321,7 @@ def test_grammar_beam_finds_best_well_formed_sequence(tokens):
     well_formed_truth = dict(zip(sequences, np.where(allowed, truth, -np.inf)))
     found = hypotheses_of(*result, b)
     assert found, "no complete hypothesis"
-    assert all(reference_well_formed(vocab.decode(s)) for s, _ in found)
+    assert all(latex_grammar.is_well_formed(vocab.decode(s)) for s, _ in found)
     best, best_score = found[0]
     assert best == max(well_formed_truth, key=well_formed_truth.get)
     np.testing.assert_allclose(best_score, well_formed_truth[best], atol=1e-3)
@@ -373,15 +335,17 @@ def test_grammar_beam_matches_textbook_search_with_the_grammar():
   batch, frames, width = 4, 8, 4
   logits = random_logits(rng, (batch, frames, len(vocab)))
   logits[..., list(grammar.structural_ids)] -= 1.0  # fewer dead ends: some complete beams
+  for frame, token in enumerate(["^", "{", "y", "}"], start=1):  # a likely group in rows 0, 1
+    logits[:2, frame, vocab.id_of(token)] += 8.0
   log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1), np.float64)
   result = decoding.beam_search(logits, np.zeros((batch, frames), np.float32), beam_width=width,
                                 max_output_length=frames, grammar=grammar)
   complete = []
   for b in range(batch):
     expected = reference_beam_search(
-        log_probs[b], width, lambda prefix: reference_parse(vocab.decode(prefix)) != "invalid")
+        log_probs[b], width, lambda prefix: latex_grammar.parse(vocab.decode(prefix)) is not None)
     # Hypotheses left open at the end are dropped (score -inf).
-    expected = [(s, x) for s, x in expected if reference_well_formed(vocab.decode(s))]
+    expected = [(s, x) for s, x in expected if latex_grammar.is_well_formed(vocab.decode(s))]
     found = hypotheses_of(*result, b)
     assert [s for s, _ in found] == [s for s, _ in expected]
     np.testing.assert_allclose([x for _, x in found], [x for _, x in expected], atol=1e-4)
@@ -422,12 +386,30 @@ def test_grammar_turns_ill_formed_best_into_well_formed():
   constrained_best = [vocab.decode(s) for s in decoding.best_hypotheses(constrained[0],
                                                                         constrained[1])]
   assert free_best == [["x", "^", "2"], ["\\frac", "{", "a", "}", "b"]]
-  assert not any(reference_well_formed(s) for s in free_best)
+  assert not any(latex_grammar.is_well_formed(s) for s in free_best)
   assert constrained_best == [["x", "^", "{", "2", "}"], ["\\frac", "{", "a", "}", "{", "b", "}"]]
-  assert all(reference_well_formed(s) for s in constrained_best)
+  assert all(latex_grammar.is_well_formed(s) for s in constrained_best)
   for b in range(2):
-    assert all(reference_well_formed(vocab.decode(s))
+    assert all(latex_grammar.is_well_formed(vocab.decode(s))
                for s, _ in hypotheses_of(*constrained, b))
+
+
+def test_grammar_never_returns_an_empty_group():
+  vocab = Vocabulary(tuple(sorted(STRUCTURE_TOKENS + ("x", "2"))))
+  grammar = decoding.LatexGrammar.from_vocab(vocab)
+  # "x ^ { }": the 2 inside the braces is weak (blank wins its frame).
+  probabilities = [{"x": 0.9}, {"^": 0.9}, {"{": 0.9}, {"2": 0.3, "<blank>": 0.65}, {"}": 0.9}]
+  logits = np.full((1, len(probabilities), len(vocab)), np.log(1e-4), np.float32)
+  for t, row in enumerate(probabilities):
+    for token, probability in row.items():
+      logits[0, t, vocab.id_of(token)] = np.log(probability)
+  paddings = np.zeros(logits.shape[:2], np.float32)
+  free = decoding.beam_search(logits, paddings, beam_width=8, max_output_length=5)
+  constrained = decoding.beam_search(logits, paddings, beam_width=8, max_output_length=5,
+                                     grammar=grammar)
+  assert vocab.decode(decoding.best_hypotheses(*free[:2])[0]) == ["x", "^", "{", "}"]
+  assert vocab.decode(decoding.best_hypotheses(*constrained[:2])[0]) == ["x", "^", "{", "2", "}"]
+  assert all(latex_grammar.is_well_formed(vocab.decode(s)) for s, _ in hypotheses_of(*constrained, 0))
 
 
 def test_best_hypotheses_takes_the_first_beam():

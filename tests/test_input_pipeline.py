@@ -124,10 +124,13 @@ def test_infeasible_ctc_labels_are_flagged_and_counted():
 
 def test_unknown_token_names_the_sample():
   records = [{"image": np.full((10, 10, 1), 255, np.uint8), "latex": b"x \\unknowntoken",
-              "id": b"bad-sample"}]
+              "id": b"bad-sample"}] * 4
   with pytest.raises(ValueError, match=r"\\\\unknowntoken.*bad-sample"):
     # Read when the split is cached in memory, or at the first batch without the cache.
-    next(iter(input_pipeline.eval_dataset(small_config(), records, VOCAB, batch_size=1)))
+    next(iter(input_pipeline.train_dataset(small_config(batch_size=1), records, VOCAB)))
+  # An evaluation split scores it (tests/test_evaluate_predict.py): label id 0 marks the token.
+  batch = next(iter(input_pipeline.eval_dataset(small_config(), records[:1], VOCAB, batch_size=1)))
+  assert batch["labels"][0, :2].tolist() == [VOCAB.id_of("x"), 0]
 
 
 def test_each_process_reads_a_disjoint_shard(monkeypatch):
@@ -169,6 +172,7 @@ def test_synthetic_dataset_through_tfds_data_source(synthetic_data_dir):
     input_pipeline.data_source(builder, "2019")
 
 
+@pytest.mark.timeout(600)  # its subprocess is allowed 300 s
 def test_the_data_layer_never_imports_tensorflow(synthetic_data_dir):
   code = textwrap.dedent(f"""
       import sys

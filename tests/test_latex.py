@@ -6,7 +6,9 @@ import random
 import re
 import zipfile
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from hme_jax import latex
 
@@ -249,18 +251,27 @@ def test_training_captions_are_well_formed_and_clean(train_captions):
 
 # --- to_mathtext --------------------------------------------------------------------
 
-def render(text: str) -> bytes:
+def render(text: str, dpi: int = 40) -> np.ndarray:
+  """mathtext's picture of ``text`` (black on white): ``bool [H, W]``, True on ink."""
   from matplotlib import mathtext
   buffer = io.BytesIO()
-  mathtext.math_to_image(text, buffer, format="png", dpi=40)
-  return buffer.getvalue()
+  mathtext.math_to_image(text, buffer, format="png", dpi=dpi)
+  return np.asarray(Image.open(buffer).convert("L")) < 128
+
+
+def glyph_rows(ink: np.ndarray) -> list[tuple[int, int]]:
+  """``(top, bottom)`` ink rows of each run of inked columns, left to right."""
+  columns = np.flatnonzero(ink.any(axis=0))
+  runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
+  return [(int(rows[0]), int(rows[-1])) for run in runs
+          for rows in [np.flatnonzero(ink[:, run].any(axis=1))]]
 
 
 @pytest.mark.parametrize("tokens, expected", [
-    ("x ^ { 2 }", "$x ^ { 2 }$"),
-    ("x ^ { 2 } ^ { 3 }", "$x ^ { 2 } {} ^ { 3 }$"),        # double superscript
-    ("x _ { i } ^ { 2 } _ { j }", "$x _ { i } ^ { 2 } {} _ { j }$"),
-    ("\\frac { a } { b } ^ { 2 }", "$\\frac { a } { b } ^ { 2 }$"),
+    ("x ^ { 2 }", "$x ^{ 2 }$"),
+    ("x ^ { 2 } ^ { 3 }", "$x ^{ 2 } {} ^{ 3 }$"),        # double superscript
+    ("x _ { i } ^ { 2 } _ { j }", "$x _{ i } ^{ 2 } {} _{ j }$"),
+    ("\\frac { a } { b } ^ { 2 }", "$\\frac { a } { b } ^{ 2 }$"),
     ("x ^ { 2", "$x 2$"),                                     # cleaned first
     ("\\omega + \\ln", "$\\omega + \\mathrm{ln}$"),           # unknown command as text
     ("#", "$\\#$"),
@@ -269,12 +280,31 @@ def render(text: str) -> bytes:
 def test_to_mathtext(tokens, expected):
   text = latex.to_mathtext(tokens.split())
   assert text == expected
-  assert render(text).startswith(b"\x89PNG")
+  ink = render(text)
+  assert 0.02 < ink.mean() < 0.6  # something drawn, on a background
+
+
+def test_to_mathtext_draws_scripts_raised_and_lowered():
+  (x, inline), = [glyph_rows(render(latex.to_mathtext("x 2"), dpi=200))]
+  (x_raised, raised), = [glyph_rows(render(latex.to_mathtext("x ^ { 2 }"), dpi=200))]
+  (x_lowered, lowered), = [glyph_rows(render(latex.to_mathtext("x _ { 2 }"), dpi=200))]
+  height = lambda rows: rows[1] - rows[0]  # noqa: E731
+  assert abs(inline[1] - x[1]) <= 1                        # on the baseline
+  assert raised[1] < x_raised[1] - height(x_raised) / 3    # a superscript ends above it
+  assert lowered[1] > x_lowered[1]                         # a subscript ends below it
+  assert height(raised) < height(inline) and height(lowered) < height(inline)
+
+
+def test_to_mathtext_stacks_a_fraction_over_its_bar():
+  ink = render(latex.to_mathtext("\\frac { a } { b }"), dpi=200)
+  bar = np.flatnonzero(ink.mean(axis=1) > 0.6)             # rows of the fraction bar
+  assert bar.size and ink[:bar[0]].any() and ink[bar[-1] + 1:].any()
+  assert ink.shape[0] > ink.shape[1]
 
 
 def test_to_mathtext_renders_garbage_predictions():
   for tokens in random_token_lists(60, seed=1):
-    render(latex.to_mathtext(tokens + ["a"]))
+    assert render(latex.to_mathtext(tokens + ["a"])).any()
 
 
 @needs_archive
@@ -285,6 +315,6 @@ def test_to_mathtext_renders_real_captions(train_captions, test_captions):
   for caption in sample:
     text = latex.to_mathtext(caption)
     try:
-      render(text)
+      assert render(text).any()
     except Exception as error:  # noqa: BLE001 - report which caption failed
       pytest.fail(f"mathtext cannot render {caption!r} as {text!r}: {error}")

@@ -7,7 +7,7 @@ import pytest
 
 from configs import default
 from hme_jax import ctc
-from hme_jax.models import create_model, crnn, trainable_mask
+from hme_jax.models import create_crnn, crnn, trainable_mask
 
 
 def model_config(backbone="small", **overrides):
@@ -66,7 +66,7 @@ def init(model, *inputs, seed=0):
 def test_output_shapes(backbone, height, width, width_downsample, height_collapse):
   config = model_config(backbone, width_downsample=width_downsample,
                         height_collapse=height_collapse)
-  model = create_model(config, num_classes=11)
+  model = create_crnn(config, num_classes=11)
   images = jnp.zeros((3, height, width, 1))
   widths = jnp.array([width, width // 2, 5])
 
@@ -88,7 +88,7 @@ def test_output_shapes(backbone, height, width, width_downsample, height_collaps
 
 def test_frame_paddings_follow_image_widths():
   config = model_config(width_downsample=4)
-  model = create_model(config, num_classes=7)
+  model = create_crnn(config, num_classes=7)
   images = random_images((4, 32, 64, 1))
   widths = jnp.array([64, 37, 4, 1])
   variables = init(model, images, widths)
@@ -100,7 +100,7 @@ def test_frame_paddings_follow_image_widths():
 
 
 def test_width_not_multiple_of_downsample_is_rejected():
-  model = create_model(model_config(width_downsample=4), num_classes=5)
+  model = create_crnn(model_config(width_downsample=4), num_classes=5)
   with pytest.raises(ValueError, match="multiple of width_downsample"):
     model.init(jax.random.key(0), jnp.zeros((1, 32, 30, 1)), jnp.array([30]))
 
@@ -115,7 +115,7 @@ def test_width_not_multiple_of_downsample_is_rejected():
 ])
 def test_bad_config_is_a_clear_error(overrides, message):
   with pytest.raises(ValueError, match=message):
-    create_model(model_config(**overrides), num_classes=5)
+    create_crnn(model_config(**overrides), num_classes=5)
 
 
 # --- padding ----------------------------------------------------------------------
@@ -152,7 +152,7 @@ def test_crnn_logits_do_not_depend_on_padding(backbone, train):
   backbone only, to keep the test fast; the masking is shared.)
   """
   config = model_config(backbone, **no_dropout())
-  model = create_model(config, num_classes=6)
+  model = create_crnn(config, num_classes=6)
   content = random_images((1, 32, 32, 1), seed=1)  # columns 30, 31 are padding
   noise = random_images((1, 32, 34, 1), seed=2)
   padded = jnp.concatenate([content[:, :, :30], noise], axis=2)
@@ -182,8 +182,8 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   config = model_config(**no_dropout())
   images = random_images((2, 32, 64, 1))
   widths = jnp.array([64, 40])
-  model_f32 = create_model(config, num_classes=9)
-  model_bf16 = create_model(config, num_classes=9, dtype=jnp.bfloat16)
+  model_f32 = create_crnn(config, num_classes=9)
+  model_bf16 = create_crnn(config, num_classes=9, dtype=jnp.bfloat16)
   variables = init(model_bf16, images, widths)
   for leaf in jax.tree_util.tree_leaves(variables):
     assert leaf.dtype == jnp.float32
@@ -205,7 +205,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 # --- frozen stages ----------------------------------------------------------------
 
 def abstract_params(config):
-  model = create_model(config, num_classes=5)
+  model = create_crnn(config, num_classes=5)
   images, widths = jnp.zeros((1, 32, 32, 1)), jnp.array([32])
   return jax.eval_shape(model.init, jax.random.key(0), images, widths)["params"]
 
@@ -231,7 +231,7 @@ def test_trainable_mask_freezes_early_stages(backbone, freeze_stages, frozen):
 
 def test_frozen_stages_get_no_gradient_and_keep_their_statistics():
   config = model_config("resnet18", freeze_stages=2, **no_dropout())
-  model = create_model(config, num_classes=5)
+  model = create_crnn(config, num_classes=5)
   images = random_images((2, 32, 32, 1))
   widths = jnp.array([32, 20])
   variables = init(model, images, widths)

@@ -106,3 +106,54 @@ def test_the_default_elastic_field_bends_strokes_without_tearing_them(alpha_sigm
     with pytest.raises(ValueError, match="elastic_alpha=8.0 is more than half"):
       config.elastic_alpha, config.elastic_sigma = 8.0, 5.0
       input_pipeline.check_augment(config)
+
+
+def _paper_config(probability: float):
+  config = default.get_config().augment
+  config.paper_probability = probability
+  return config
+
+
+def test_paper_augmentation_is_off_by_default_and_then_changes_nothing():
+  config = default.get_config().augment
+  assert config.paper_probability == 0.0
+  older = default.get_config().augment  # a config saved before the paper fields existed
+  for field in ("paper_probability", "paper_scale", "pen_radius", "ruling_probability",
+                "paper_rotation_degrees", "shadow", "blur_sigma", "noise_sigma", "jpeg_quality"):
+    del older[field]
+  for seed in range(3):
+    np.testing.assert_array_equal(
+        preprocessing.augment(wave_stroke(), np.random.default_rng(seed), config),
+        preprocessing.augment(wave_stroke(), np.random.default_rng(seed), older))
+
+
+def test_paper_augmentation_is_deterministic_per_seed_and_normalised_back():
+  from hme_jax import paper
+  from tfds_crohme.crohme_synthetic import render
+  config = _paper_config(1.0)
+  image = render.render_expression("x ^ { 2 } + 1", np.random.default_rng(0))
+  first = preprocessing.augment(image, np.random.default_rng(5), config)
+  again = preprocessing.augment(image, np.random.default_rng(5), config)
+  np.testing.assert_array_equal(first, again)
+  assert not np.array_equal(first, preprocessing.augment(image, np.random.default_rng(6), config))
+  # The model sees the page as predict would read it: white ink on black, cropped, and (the
+  # pen unchanged) at the training data's stroke width, whatever the page's scale.
+  assert first.dtype == np.uint8 and first[0].max() <= preprocessing.INK_THRESHOLD
+  config.pen_radius = config.stroke_probability = 0
+  low, _, high = preprocessing.CROHME_TRAIN.stroke_width
+  for seed in range(6):
+    width, _ = preprocessing.ink_measures(
+        preprocessing.augment(image, np.random.default_rng(seed), config))
+    assert low - 0.6 <= width <= high + 0.6, (seed, width)
+  page = paper.photograph(image, np.random.default_rng(5), config)
+  assert np.median(page) > 100  # a page: dark ink on light paper
+  np.testing.assert_array_equal(page, paper.photograph(image, np.random.default_rng(5), config))
+
+
+def test_device_resident_training_refuses_paper_augmentation():
+  from hme_jax import device_data
+  config = default.get_config()
+  config.input.device_resident = True
+  config.augment.paper_probability = 0.5
+  with pytest.raises(ValueError, match="paper_probability > 0.*device_resident=True"):
+    device_data.build(config, None, None, None)

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from hme_jax import evaluate, predict, saved_model
+from hme_jax import evaluate, predict, preprocessing, saved_model
 
 # Expressions the test renders as fake handwriting (dark ink on white paper, as
 # people photograph them), with a seed each: renders the shipped model reads
@@ -39,6 +39,20 @@ def test_bundled_model_is_small_bfloat16_and_documented():
   model = saved_model.LoadedModel(path)
   assert model.config.dataset.name == "crohme" and len(model.vocab) > 100
   assert "2014_first200" in model.scores and "2014" in model.scores
+  # Its normalisation statistics, measured on CROHME train (test below), are saved with it.
+  assert preprocessing.InkStatistics.from_config(model.config) == preprocessing.CROHME_TRAIN
+
+
+def test_its_ink_statistics_are_crohme_trains(crohme_data_dir):
+  import ml_collections
+  from hme_jax import input_pipeline
+  builder = input_pipeline.dataset_builder(ml_collections.ConfigDict(
+      {"name": "crohme", "data_dir": str(crohme_data_dir)}), prepare=False)
+  source = input_pipeline.data_source(builder, "train")
+  measured = preprocessing.measure_statistics(
+      preprocessing.dataset_ink(np.asarray(source[index]["image"])[..., 0])
+      for index in range(len(source)))
+  assert measured == preprocessing.CROHME_TRAIN
 
 
 def test_reads_images_the_test_renders(recognizer):
@@ -46,6 +60,18 @@ def test_reads_images_the_test_renders(recognizer):
   images = [255 - render.render_expression(tokens, np.random.default_rng(seed))
             for tokens, seed in RENDERED]
   assert recognizer(images) == [tokens for tokens, _ in RENDERED]
+
+
+def test_show_input_writes_what_the_model_read(recognizer, tmp_path, capsys):
+  from PIL import Image
+  sample = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples", "formula.png")
+  shown = tmp_path / "input.png"
+  assert predict.main(["--show-input", str(shown), sample]) == 0
+  assert capsys.readouterr().out.strip() == recognizer(sample)
+  view = np.asarray(Image.open(shown))
+  np.testing.assert_array_equal(view, recognizer.prepare(sample))
+  assert view.shape[0] == recognizer.input_config.height and view[0].max() == 0
 
 
 def test_blank_image_gets_a_clear_error(recognizer):

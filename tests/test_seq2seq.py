@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from configs import default
 
 from hme_jax import families, seq2seq
 from hme_jax.seq2seq import LEFT_TO_RIGHT, RIGHT_TO_LEFT
@@ -26,7 +27,9 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
                 decoder_dropout=0.0, coverage_channels=4, max_decode_length=MAX_LENGTH,
                 length_penalty=1.0, label_smoothing=0.0)
   config.update(overrides)
-  return ml_collections.ConfigDict(config)
+  model_config = default.get_config().model  # every field declared, as the models read them
+  model_config.update(width_downsample=2 ** (config["dense_blocks"] + 1), **config)
+  return model_config
 
 
 def make_batch(rng):

@@ -131,6 +131,7 @@ def test_recognize_png_bytes_answers_with_latex_alternatives_and_latency(client,
       {"latex": expected_latex(40, 90) + " + 1", "score": -3.5}]
   assert isinstance(answer["ms"], float) and answer["ms"] >= 0
   assert "svg" not in answer  # only on request
+  assert "input" not in answer  # this recogniser does not say what its model read
   # The recogniser got what predict's loader makes of these bytes: the same path as the CLI.
   np.testing.assert_array_equal(fake.batches[-1][0], predict.load_image(png))
   # ... and ran on the server's one worker thread, not a request thread.
@@ -454,6 +455,11 @@ def test_real_recognizer_api_equals_predict_path(recognizer):
       np.testing.assert_allclose(scores, [s for _, s in expected.alternatives], rtol=1e-4,
                                  atol=1e-4)
       assert scores == sorted(scores, reverse=True)
+      # The image the model read comes back as a PNG data URL: predict's normalisation.
+      assert answer["input"].startswith("data:image/png;base64,")
+      shown = predict.load_image(serve.decode_data_url(answer["input"]))
+      np.testing.assert_array_equal(shown, recognizer.prepare(png))
+      np.testing.assert_array_equal(shown, expected.model_input)
 
 
 def test_real_recognizer_parallel_requests_each_get_their_own_answer(recognizer):

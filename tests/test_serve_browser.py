@@ -2,8 +2,9 @@
 
 A server started here serves a fake recogniser (its answer encodes the image
 size; it keeps every image it gets). The test draws strokes with a mouse, a pen
-and a finger, checks undo, clicks Recognise and reads the LaTeX and the rendered
-formula off the page, and uploads a good and a bad file. A screenshot goes to
+and a finger, checks undo, clicks Recognise and reads the LaTeX, the rendered
+formula and the normalised image the model read off the page, and uploads a good
+and a bad file. A screenshot goes to
 ``$HME_TEST_ARTIFACTS`` (default: the test's tmp dir). Skips where Chromium or
 Playwright is missing; installs nothing.
 """
@@ -27,7 +28,9 @@ sync_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from hme_jax import serve  # noqa: E402
+import ml_collections  # noqa: E402
+
+from hme_jax import predict, serve  # noqa: E402
 
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -47,6 +50,7 @@ def find_chromium() -> str | None:
 class FakeRecognition:
   latex: str
   alternatives: list[tuple[str, float]]
+  model_input: np.ndarray | None = None
 
 
 def expected_latex(height: int, width: int) -> str:
@@ -54,18 +58,25 @@ def expected_latex(height: int, width: int) -> str:
 
 
 class RecordingRecognizer:
-  """Answers ``"<h> \\times <w>"`` (digit tokens) and keeps the images it was given."""
+  """Answers ``"<h> \\times <w>"`` (digit tokens) and keeps the images it was given; its
+  model input is the real normalisation's (``predict.prepare_image``, height 48)."""
+
+  input_config = ml_collections.ConfigDict({"height": 48, "max_width": 768})
 
   def __init__(self):
     self.images: list[np.ndarray] = []
+    self.model_inputs: list[np.ndarray] = []
     self.lock = threading.Lock()
 
   def recognize(self, images):
+    model_inputs = [predict.prepare_image(image, self.input_config) for image in images]
     with self.lock:
       self.images.extend(images)
+      self.model_inputs.extend(model_inputs)
     return [FakeRecognition(expected_latex(*image.shape),
-                            [(expected_latex(*image.shape), -0.25), ("x ^ { 2 }", -2.5)])
-            for image in images]
+                            [(expected_latex(*image.shape), -0.25), ("x ^ { 2 }", -2.5)],
+                            model_input)
+            for image, model_input in zip(images, model_inputs)]
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +223,20 @@ def test_draw_with_mouse_pen_and_touch_then_recognise(page, recognizer, artifact
     assert sent[y - 4:y + 5, x - 4:x + 5].min() < 100, (fx, fy)
   assert np.median(sent) == 255
   assert sent[int(0.5 * 400) - 20:int(0.5 * 400) + 20, int(0.875 * 1200) - 20:int(0.875 * 1200) + 20].min() == 255
+
+  # Beside the result, the image the model read: the server's normalisation of the drawing
+  # (white ink on black, 48 px high), pixel for pixel.
+  assert page.is_visible("#model-input")
+  shown = page.get_attribute("#model-input", "src")
+  assert shown.startswith("data:image/png;base64,")
+  shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(shown.split(",", 1)[1]))))
+  np.testing.assert_array_equal(shown, recognizer.model_inputs[-1])
+  assert shown.shape[0] == 48 and shown[0].max() == 0 and shown.max() == 255
+  size = page.evaluate("""() => {
+    const image = document.getElementById('model-input');
+    return [image.naturalHeight, image.naturalWidth, image.getBoundingClientRect().width];
+  }""")
+  assert size[:2] == list(shown.shape) and 0 < size[2] <= 320  # small, beside the result
 
   rows = page.locator("#alternatives tr")
   assert rows.count() == 2

@@ -197,7 +197,7 @@ def test_tiny_build(tiny_data_dir):
     assert np.median(image) == 0 and image.max() == 255
   # Vocabulary metadata: every token the grammar can emit, so that test captions
   # never hold unknown tokens even when the train split is tiny.
-  vocabulary = tfds_crohme.load_vocabulary(builder)
+  vocabulary = Vocabulary.from_json(tfds_crohme.load_vocabulary(builder))
   assert vocabulary == Vocabulary.from_captions([" ".join(grammar.TOKENS)])
   for record in train + test:
     vocabulary.encode(record["latex"].decode(), sample_id=record["id"].decode())

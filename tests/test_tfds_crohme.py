@@ -110,9 +110,16 @@ def test_vocabulary_is_saved_and_survives_reloading(dummy_data_dir):
   assert Vocabulary.from_json(saved["vocab"]) == expected
   # A fresh builder (from the code) and a read-only one (from the files alone).
   assert tfds_crohme.load_vocabulary(
-      tfds.builder("crohme", data_dir=os.fspath(dummy_data_dir))) == expected
+      tfds.builder("crohme", data_dir=os.fspath(dummy_data_dir))) == expected.to_json()
   from_files = tfds.builder_from_directory(os.fspath(data_path))
-  assert tfds_crohme.load_vocabulary(from_files.info) == expected
+  assert tfds_crohme.load_vocabulary(from_files.info) == expected.to_json()
+
+
+def test_the_stored_vocabulary_is_a_vocab_file_of_hme_jax():
+  from tfds_crohme.crohme import vocabulary_metadata
+  captions = ["x ^ { 2 }", "\\frac { a } { b } <blank>", "", "b a"]
+  assert vocabulary_metadata.vocabulary_json(captions) == \
+      Vocabulary.from_captions(captions).to_json()
 
 
 def test_load_vocabulary_of_an_unprepared_dataset_says_so(tmp_path):
@@ -244,7 +251,7 @@ def test_real_archive_subset(tmp_path):
   with zipfile.ZipFile(REAL_ARCHIVE) as archive:
     full_train = comer_archive.read_captions(archive, "train").values()
   full_vocabulary = Vocabulary.from_captions(full_train)
-  subset_vocabulary = tfds_crohme.load_vocabulary(builder)
+  subset_vocabulary = Vocabulary.from_json(tfds_crohme.load_vocabulary(builder))
   assert set(subset_vocabulary.tokens) <= set(full_vocabulary.tokens)
   for split in counts:
     for record in read_split(tmp_path / "tfds", "crohme/real_subset", split):
@@ -279,6 +286,7 @@ _NO_TF_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.timeout(600)  # its subprocess is allowed 300 s
 def test_builders_and_data_source_never_import_tensorflow(tmp_path):
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
@@ -290,6 +298,7 @@ def test_builders_and_data_source_never_import_tensorflow(tmp_path):
   assert report == {"tensorflow": [], "ranks": [3, 3]}
 
 
+@pytest.mark.timeout(600)  # its subprocess is allowed 300 s
 def test_tfds_build_command_runs_without_tensorflow(tmp_path):
   """`python -m tfds_crohme.build` is `tfds build` minus the TensorFlow import."""
   import subprocess

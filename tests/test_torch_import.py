@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from hme_jax.models import create_model
+from hme_jax.models import create_crnn
 from hme_jax.models import backbones, crnn, torch_import
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def test_imported_backbone_matches_torch(tmp_path, backbone, batch_norm):
   torch_backbone = save_checkpoint(torch_crnn, config, path)
 
   images, widths = images_and_widths()
-  model = create_model(config, num_classes=5)
+  model = create_crnn(config, num_classes=5)
   variables = init(model, images, widths)
   loaded = torch_import.load_torchvision_weights(variables, config)
 
@@ -166,7 +166,7 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path):
   save_checkpoint(torch_crnn, model_config("vgg16", batch_norm=False), path)
   config = model_config("vgg16", batch_norm=True, pretrained_path=str(path))  # wants vgg16_bn
   images, widths = images_and_widths()
-  variables = init(create_model(config, num_classes=5), images, widths)
+  variables = init(create_crnn(config, num_classes=5), images, widths)
   with pytest.raises(ValueError, match="Missing keys") as error:
     torch_import.load_torchvision_weights(variables, config)
   message = str(error.value)
@@ -207,7 +207,7 @@ def test_torch_crnn_matches_flax_crnn(backbone):
   with torch.no_grad():
     torch_model.classifier.weight.mul_(10.0)  # logits of order 1, so that errors show
   images, widths = images_and_widths(batch=4)
-  model = create_model(config, num_classes=7)
+  model = create_crnn(config, num_classes=7)
   variables = torch_crnn.copy_to_flax(torch_model, init(model, images, widths), config)
 
   logits, paddings = jax.jit(model.apply)(variables, jnp.asarray(images), jnp.asarray(widths))
@@ -221,6 +221,7 @@ def test_torch_crnn_matches_flax_crnn(backbone):
   np.testing.assert_allclose(np.asarray(logits)[valid], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_torch_train_step_learns():
   """The benchmark's torch step lowers the CTC loss on a fixed tiny batch."""
   torch = pytest.importorskip("torch")

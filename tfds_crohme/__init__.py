@@ -8,7 +8,7 @@ Importing this package registers both builders with TFDS::
   builder = tfds.builder("crohme", data_dir=data_dir)   # or "crohme_synthetic/tiny"
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir="/dir/holding/data.zip"))             # crohme only
-  vocabulary = tfds_crohme.load_vocabulary(builder)    # hme_jax.vocab.Vocabulary
+  vocabulary = tfds_crohme.load_vocabulary(builder)    # the JSON of a vocab.json file
   source = tfds.data_source("crohme", split="2014", data_dir=data_dir)
   record = source[0]
 

@@ -475,37 +475,37 @@ class AttentionModel(nn.Module):
 
 def create_attention_model(model_config, num_classes: int,
                            dtype: Any = jnp.float32) -> AttentionModel:
-  """The model that ``config.model`` (configs/attention.py) describes.
+  """The model that ``config.model`` describes (its attention fields, configs/default.py).
 
   Args:
     model_config: ``config.model``.
     num_classes: vocabulary size with the seq2seq specials (``len(vocab)``).
     dtype: compute dtype; parameters are float32.
   """
-  get = model_config.get
-  stride = densenet.downsample_factor(int(get("dense_blocks", 3)))
-  if get("width_downsample", stride) != stride:
+  cfg = model_config
+  stride = densenet.downsample_factor(cfg.dense_blocks)
+  if cfg.width_downsample != stride:
     raise ValueError(
-        f"config.model.width_downsample={get('width_downsample')} does not match the DenseNet "
+        f"config.model.width_downsample={cfg.width_downsample} does not match the DenseNet "
         f"encoder's stride {stride} (2 ** (dense_blocks + 1)); set width_downsample={stride} "
         "(configs/attention.py does).")
   return AttentionModel(
       num_classes=num_classes,
-      d_model=int(get("d_model", 256)),
-      growth_rate=int(get("growth_rate", 24)),
-      dense_layers=int(get("dense_layers", 16)),
-      dense_blocks=int(get("dense_blocks", 3)),
-      compression=float(get("compression", 0.5)),
-      encoder_dropout=float(get("encoder_dropout", 0.2)),
-      scan_dense_layers=bool(get("scan_dense_layers", False)),
-      remat_dense_layers=bool(get("remat_dense_layers", False)),
-      conv_gradient=conv_lib.resolve_gradient(get("conv_gradient", "auto")),
-      num_heads=int(get("num_heads", 8)),
-      decoder_layers=int(get("decoder_layers", 3)),
-      ffn_dim=int(get("ffn_dim", 1024)),
-      decoder_dropout=float(get("decoder_dropout", 0.3)),
-      cross_coverage=bool(get("cross_coverage", True)),
-      self_coverage=bool(get("self_coverage", True)),
-      coverage_channels=int(get("coverage_channels", 32)),
-      coverage_kernel=int(get("coverage_kernel", 5)),
+      d_model=int(cfg.d_model),
+      growth_rate=int(cfg.growth_rate),
+      dense_layers=int(cfg.dense_layers),
+      dense_blocks=int(cfg.dense_blocks),
+      compression=float(cfg.compression),
+      encoder_dropout=float(cfg.encoder_dropout),
+      scan_dense_layers=bool(cfg.scan_dense_layers),
+      remat_dense_layers=bool(cfg.remat_dense_layers),
+      conv_gradient=conv_lib.resolve_gradient(cfg.conv_gradient),
+      num_heads=int(cfg.num_heads),
+      decoder_layers=int(cfg.decoder_layers),
+      ffn_dim=int(cfg.ffn_dim),
+      decoder_dropout=float(cfg.decoder_dropout),
+      cross_coverage=bool(cfg.cross_coverage),
+      self_coverage=bool(cfg.self_coverage),
+      coverage_channels=int(cfg.coverage_channels),
+      coverage_kernel=int(cfg.coverage_kernel),
       dtype=dtype)

@@ -146,7 +146,7 @@ class SequenceModel(nn.Module):
 
 
 class CRNN(nn.Module):
-  """See the module docstring. Build it with ``create_model(config.model, num_classes)``."""
+  """See the module docstring. Build it with ``create_crnn(config.model, num_classes)``."""
 
   num_classes: int
   backbone: nn.Module

@@ -119,7 +119,7 @@ def convert_state_dict(state: Mapping[str, np.ndarray], variables: Mapping, mode
   batch_stats = _to_dict(variables.get("batch_stats", {}))
   if "backbone" not in params:
     raise ValueError("variables['params'] has no 'backbone'; pass the variables of a model "
-                     "made by hme_jax.models.create_model.")
+                     "made by hme_jax.models.create_crnn.")
 
   used, errors = set(), []
 

@@ -196,6 +196,16 @@ function showResult(answer, roundTripMs) {
   }
   $('rendered-missing').hidden = Boolean(answer.svg) || !answer.latex;
 
+  // What the model read (the server's normalised image): why a reading failed.
+  const modelInput = $('model-input');
+  if (answer.input) {
+    modelInput.src = answer.input;
+    $('model-input-figure').hidden = false;
+  } else {
+    modelInput.removeAttribute('src');
+    $('model-input-figure').hidden = true;
+  }
+
   const rows = $('alternatives');
   rows.replaceChildren();
   answer.alternatives.forEach((alternative, index) => {
