@@ -47,6 +47,7 @@ if [[ $PROFILE == gpu ]]; then
   STARTUP_SECONDS=${STARTUP_SECONDS:-100}  # process start to first step, at most
   STAGE_A_STEPS=${STAGE_A_STEPS:-60}
   ATTENTION_EVAL_SECONDS=${ATTENTION_EVAL_SECONDS:-120}
+  STAGE_B_MAX_SECONDS=${STAGE_B_MAX_SECONDS:-100000}  # the rest of the budget
 elif [[ $PROFILE == cpu ]]; then       # tiny models on the tiny synthetic dataset
   DATASET=crohme_synthetic/tiny SPLITS=test
   data=(--config.dataset.name=crohme_synthetic/tiny --config.train.progress_bar=false)
@@ -66,6 +67,7 @@ elif [[ $PROFILE == cpu ]]; then       # tiny models on the tiny synthetic datas
   STARTUP_SECONDS=${STARTUP_SECONDS:-60}
   STAGE_A_STEPS=${STAGE_A_STEPS:-4}
   ATTENTION_EVAL_SECONDS=${ATTENTION_EVAL_SECONDS:-40}
+  STAGE_B_MAX_SECONDS=${STAGE_B_MAX_SECONDS:-15}  # a smoke run: enough to see it train on
 else
   echo "PROFILE=$PROFILE: use gpu or cpu" >&2; exit 2
 fi
@@ -156,6 +158,7 @@ cp "$RUN/attention/workdir/metrics.json" "$RUN/attention/metrics_stage_a.json"
 restart_seconds=$("$PY" -c "import json; print(int(json.load(open('$RUN/attention/metrics_stage_a.json'))['seconds_to_first_step']) + 10)")
 stage_a_seconds=$("$PY" -c "import json; print(int(json.load(open('$RUN/attention/metrics_stage_a.json'))['train_seconds']) + 1)")
 train_seconds=$(( $(left) - ATTENTION_EVAL_SECONDS - restart_seconds - 15 ))
+(( train_seconds > STAGE_B_MAX_SECONDS )) && train_seconds=$STAGE_B_MAX_SECONDS
 epochs=$("$PY" results/run_crohme.py epochs --metrics "$RUN/attention/metrics_stage_a.json" \
          --seconds "$train_seconds")
 echo "attention stage B: $epochs epochs in about $train_seconds s of training"
