@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, tiny_config
 
-from hme_jax import checkpoints, families, input_pipeline, saved_model, trainer
+from hme_jax import checkpoints, evaluation, families, input_pipeline, saved_model, trainer
 from hme_jax.vocab import Vocabulary
 
 
@@ -270,3 +270,25 @@ def test_wall_time_budget_stops_validates_and_resumes(tmp_path, synthetic_data_d
   assert final["steps"] == config.train.num_epochs * input_pipeline.steps_per_epoch(
       config, train_images)
   assert final["train_seconds"] > meta["train_seconds"]
+
+
+def test_evaluation_warm_up_compiles_the_beam_search_of_every_bucket_width(synthetic_data_dir):
+  """What ``evaluate`` then runs on a batch of any bucket width is already compiled."""
+  config = tiny_config(synthetic_data_dir)
+  config.eval.update(decoder="beam", beam_width=3)
+  assert not config.input.canvases and len(config.input.bucket_widths) > 1
+  family = families.create_family(config, Vocabulary(tuple("abcdefgh")))
+  mesh = evaluation.make_mesh()
+  inputs = {k: v for k, v in input_pipeline.dummy_batch(config, 2).items() if k != "ids"}
+  abstract_variables = jax.eval_shape(family.init, jax.random.PRNGKey(0), inputs)
+  before = evaluation.beam_step._cache_size()
+  trainer.warm_up_evaluation(family, abstract_variables, config, mesh, beam=True)
+  assert evaluation.beam_step._cache_size() == before + len(config.input.bucket_widths)
+
+  variables = family.init(jax.random.PRNGKey(0), inputs)
+  batch_size = evaluation.eval_batch_size(config.eval.batch_size)
+  spec = input_pipeline.batch_spec(batch_size, (config.input.height, config.input.bucket_widths[1], 7))
+  batch = evaluation.shard_batch({k: np.ones(v.shape, v.dtype) for k, v in spec.items()}, mesh)
+  evaluation.beam_step(family, variables, {k: batch[k] for k in evaluation.IMAGE_KEYS},
+                       config.eval.beam_width, config.eval.max_length, config.eval.well_formed)
+  assert evaluation.beam_step._cache_size() == before + len(config.input.bucket_widths)

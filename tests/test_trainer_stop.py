@@ -40,3 +40,4 @@ def test_sigterm_saves_a_checkpoint_of_the_step_reached(synthetic_data_dir, tmp_
   stopped_at = metrics["steps"]
   assert 1 <= stopped_at < 1000 * metrics["steps_per_epoch"]
   assert checkpoints.Checkpoints(str(workdir), read_only=True).latest_step() == stopped_at
+
