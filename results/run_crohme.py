@@ -1,7 +1,7 @@
 """The Python steps of results/run_crohme.sh: prepare, evaluate + export, epochs, summary.
 
   python results/run_crohme.py prepare --dataset crohme --data_dir D --manual_dir M --out O
-  python results/run_crohme.py evaluate --workdir W --export E --output_dir R --splits 2014,2016
+  python results/run_crohme.py evaluate --workdir W --export E --output_dir R
   python results/run_crohme.py epochs --metrics W/metrics.json --seconds 200
   python results/run_crohme.py summary --run_dir RUN --out O/crohme_gpu.json
 
@@ -55,17 +55,15 @@ def prepare(args) -> None:
 
 
 def evaluate(args) -> None:
-  """Exports the model (params only), then decodes the splits present with each decoder."""
+  """Exports the model (params only), then decodes the config's test splits that are present
+  (``evaluate``'s default) with each decoder."""
   from hme_jax import evaluate as evaluate_lib
-  from hme_jax import input_pipeline, saved_model
+  from hme_jax import saved_model
   meta = saved_model.export_model(args.workdir, args.export, checkpoint=args.checkpoint,
                                   dtype="bfloat16")
   print(f"Exported step {meta['step']} to {args.export}", flush=True)
-  config = saved_model.LoadedModel(args.export).config
-  available = set(input_pipeline.dataset_builder(config.dataset).info.splits)
-  splits = [split for split in args.splits.split(",") if split in available]
   for decoder in args.decoders.split(","):
-    evaluate_lib.evaluate(args.workdir, checkpoint=args.checkpoint, splits=splits,
+    evaluate_lib.evaluate(args.workdir, checkpoint=args.checkpoint,
                           decoder=decoder, beam_width=args.beam_width,
                           max_samples=args.max_samples, output_dir=args.output_dir)
 
@@ -178,7 +176,6 @@ def main(argv=None) -> None:
   command.add_argument("--checkpoint", default="best")
   command.add_argument("--export", required=True, help="Folder for the params-only model.")
   command.add_argument("--output_dir", required=True, help="Folder for the reports.")
-  command.add_argument("--splits", required=True, help="Comma-separated; absent ones skipped.")
   command.add_argument("--decoders", default="beam,greedy")
   command.add_argument("--beam_width", type=int, default=10)
   command.add_argument("--max_samples", type=int, default=0, help=">0: the first N of each split.")

@@ -38,7 +38,7 @@ PY=${PY:-python3}
 COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 
 if [[ $PROFILE == gpu ]]; then
-  DATASET=crohme SPLITS=2014,2016,2019
+  DATASET=crohme  # evaluated on its config's test splits present: 2014, 2016, 2019
   CRNN=(--config configs/vgg16.py --config.train.eval_every_epochs=5)
   ATTENTION=(--config configs/attention.py --config.train.eval_every_epochs=0
              --config.eval.batch_size=128)
@@ -49,7 +49,7 @@ if [[ $PROFILE == gpu ]]; then
   ATTENTION_EVAL_SECONDS=${ATTENTION_EVAL_SECONDS:-120}
   STAGE_B_MAX_SECONDS=${STAGE_B_MAX_SECONDS:-100000}  # the rest of the budget
 elif [[ $PROFILE == cpu ]]; then       # tiny models on the tiny synthetic dataset
-  DATASET=crohme_synthetic/tiny SPLITS=test
+  DATASET=crohme_synthetic/tiny  # test split
   data=(--config.dataset.name=crohme_synthetic/tiny --config.train.progress_bar=false)
   CRNN=(--config configs/quickstart.py "${data[@]}" --config.model.small_channels='(8,16,32)'
         --config.model.lstm_hidden=32 --config.train.batch_size=16 --config.train.num_epochs=2
@@ -132,7 +132,7 @@ train() {  # train NAME STAGE TIMEOUT FLAGS...
 evaluate() {  # evaluate NAME CHECKPOINT TIMEOUT
   stage "evaluate_$1" "$3" "$PY" results/run_crohme.py evaluate --workdir "$RUN/$1/workdir" \
       --checkpoint "$2" --export "$RUN/$1/export" --output_dir "$RUN/$1/reports" \
-      --splits "$SPLITS" --max_samples "$MAX_EVAL_SAMPLES"
+      --max_samples "$MAX_EVAL_SAMPLES"
 }
 
 echo "${CRNN[*]}" > "$RUN/crnn/config.txt"
