@@ -159,12 +159,7 @@ class BatchShapes:
 
   * ``canvases`` empty: every image has height ``height``; a batch's width is
     the smallest of ``bucket_widths`` that holds it, its label length a power
-    of two (>= 16). For evaluation with a CTC model (``frame_stride``, image
-    columns per frame; ``for_evaluation``) that power of two holds the width's
-    frame count, so each width has one label length (CTC cannot fit a longer
-    label: only such infeasible samples make another shape) and every
-    validation program is compiled before any data. Training keeps the short
-    labels: the CTC loss's cost grows with the padded length.
+    of two (>= 16).
   * ``canvases = ((height, width, label_length), ...)``, nested (each at least
     the one before in every dimension): a batch takes the first canvas that
     holds all its images and labels. Needed for native-scale images, whose
@@ -175,30 +170,11 @@ class BatchShapes:
   height: int
   bucket_widths: tuple[int, ...]
   canvases: tuple[tuple[int, int, int], ...] = ()
-  frame_stride: int = 0
 
   @classmethod
   def from_config(cls, input_config: ml_collections.ConfigDict) -> "BatchShapes":
     canvases = tuple(tuple(int(v) for v in canvas) for canvas in input_config.get("canvases", ()))
     return cls(int(input_config.height), tuple(input_config.bucket_widths), canvases)
-
-  @classmethod
-  def for_evaluation(cls, config: ml_collections.ConfigDict) -> "BatchShapes":
-    """The shapes of evaluation batches: one label length per bucket width with CTC."""
-    return dataclasses.replace(cls.from_config(config.input),
-                               frame_stride=int(families.ctc_frame_stride(config) or 0))
-
-  def known_shapes(self) -> tuple[tuple[int, int, int], ...]:
-    """Every ``(height, width, label length)`` a batch takes but for over-long labels.
-
-    Empty when label lengths follow the captions (bucket widths without CTC).
-    """
-    if self.canvases:
-      return self.canvases
-    if not self.frame_stride:
-      return ()
-    return tuple((self.height, width, label_bucket(width // self.frame_stride))
-                 for width in self.bucket_widths)
 
   def size_class(self, heights, widths, label_lengths) -> np.ndarray:
     """``[N]`` index of the first canvas (or width bucket) that holds each sample."""
@@ -216,10 +192,7 @@ class BatchShapes:
     tallest, widest = int(np.max(heights)), int(np.max(widths))
     labels = label_bucket(int(np.max(label_lengths)))
     if not self.canvases:
-      width = next((b for b in self.bucket_widths if b >= widest), widest)
-      if self.frame_stride:
-        labels = max(labels, label_bucket(width // self.frame_stride))
-      return self.height, width, labels
+      return self.height, next((b for b in self.bucket_widths if b >= widest), widest), labels
     index = int(np.max(self.size_class(heights, widths, label_lengths)))
     if index < len(self.canvases):
       return self.canvases[index]
@@ -455,8 +428,7 @@ def eval_dataset(config, source, vocab: Vocabulary, batch_size: int | None = Non
 
   A caption token outside ``vocab`` is label id 0 (``EncodeLabel``): the sample is scored wrong.
   """
-  check_shapes(config)
-  shapes = BatchShapes.for_evaluation(config)
+  shapes = check_shapes(config)
   if max_samples is None:
     max_samples = config.dataset.max_eval_samples
   examples = encoded_examples(config, source, vocab, max_samples, allow_unknown=True)

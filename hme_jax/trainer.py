@@ -373,16 +373,15 @@ def compile_programs(step_fn, abstract_state, feed: TrainFeed, rng, pool) -> dic
 
 
 def warm_up_evaluation(family, abstract_variables, config, mesh, beam: bool) -> None:
-  """Runs the validation step (and the beam search, if ``beam``) once on each eval shape.
+  """Runs the validation step (and the beam search, if ``beam``) once on each eval canvas.
 
   Meant for a background thread while training runs: the programs are then in
-  this process's jit cache and JAX's persistent cache (for ``evaluate``). When
-  label lengths follow the captions (bucket widths without CTC) only the beam
-  search is warmed, once per width.
+  this process's jit cache and JAX's persistent cache (for ``evaluate``). With
+  bucket widths instead of canvases only the beam search is warmed, once per
+  width: a validation batch's label length follows its captions.
   """
-  batch_shapes = input_pipeline.BatchShapes.for_evaluation(config)
-  known = batch_shapes.known_shapes()
-  shapes = known or (
+  batch_shapes = input_pipeline.BatchShapes.from_config(config.input)
+  shapes = batch_shapes.canvases or (
       tuple((config.input.height, width, 1) for width in batch_shapes.bucket_widths)
       if beam and config.input.height else ())
   if not shapes or jax.process_count() > 1:  # processes must run their programs in one order
@@ -393,7 +392,7 @@ def warm_up_evaluation(family, abstract_variables, config, mesh, beam: bool) -> 
   for shape in shapes:
     spec = input_pipeline.batch_spec(batch_size, shape)
     batch = evaluation.shard_batch({k: np.zeros(v.shape, v.dtype) for k, v in spec.items()}, mesh)
-    if known:
+    if batch_shapes.canvases:
       jax.block_until_ready(evaluation.eval_step(family, variables, batch))
     if beam:
       images = {key: batch[key] for key in evaluation.IMAGE_KEYS}
