@@ -3,7 +3,8 @@
 Input geometry, chosen for CROHME (image height median ~90 px, width/height
 median ~2.4, p99 ~8): every image is scaled to height 64 (twice the seed's 32,
 so that scripts and fraction bars survive) keeping its aspect ratio, and padded
-to the next of four bucket widths (128, 256, 512, 1024 px). With 2 image columns
+to the first of four canvases (width 128, 256, 512, 1024 px; 40, 64, 96, 128
+label tokens) that holds its image and label. With 2 image columns
 per CTC frame an image of width W gives W/2 frames: a median expression
 (~150 px) gets ~75 frames for its ~13 tokens. Measured on CROHME at height 64, labels that cannot
 fit their frames (masked and counted in the training log) are 44 of 8,835
@@ -30,7 +31,10 @@ def get_config(variant: str = "gpu") -> ml_collections.ConfigDict:
   config.dataset.name = "crohme"
   config.model.backbone = "vgg16"
   config.model.batch_norm = True
-  # Four widths: with the device feed, four batch shapes, all compiled before the first step.
-  config.input.bucket_widths = (128, 256, 512, 1024)
+  # Four canvases (height, width, label tokens): four batch shapes for training and for
+  # validation, all compiled before the first step (validation in the background); with
+  # bucket widths alone a validation batch's label length would follow its captions.
+  config.input.canvases = tuple((64, width, tokens) for width, tokens in
+                                zip((128, 256, 512, 1024), (40, 64, 96, 128)))
   config.train.num_epochs = 50
   return variants.size_for(config, variant, gpu=(128, 1e-3), cpu=(32, 5e-4))

@@ -39,6 +39,7 @@ FIELDS_ADDED_LATER = {
     "input.cache_in_memory": False,
     "input.device_resident": False,
     "train.max_seconds": 0.0,
+    "train.init_from": "",
     "train.compilation_cache_dir": "",
     "model.scan_dense_layers": False,
     "model.remat_dense_layers": False,

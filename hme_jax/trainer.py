@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from hme_jax import checkpoints as checkpoints_lib
 from hme_jax import device_data, evaluation, families, input_pipeline
+from hme_jax.vocab import Vocabulary
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -144,16 +145,48 @@ def make_initializer(family, config: ml_collections.ConfigDict, steps_per_epoch:
 
 
 def load_pretrained(state: TrainState, config: ml_collections.ConfigDict, optimizer, plateau,
-                    sharding=None) -> TrainState:
-  """``state`` with the torchvision weights of ``config.model.pretrained_path`` (if set)."""
-  if not config.model.get("pretrained_path"):
+                    sharding=None, vocab: Vocabulary | None = None) -> TrainState:
+  """``state`` with the variables of ``config.train.init_from`` (a trained model: fine-tuning)
+  or the torchvision weights of ``config.model.pretrained_path`` (the backbone), if set."""
+  variables = None
+  if config.train.get("init_from"):
+    variables = _trained_variables(config.train.init_from, state.variables, vocab)
+  elif config.model.get("pretrained_path"):
+    from hme_jax.models import torch_import  # needs torch, only for this
+    variables = torch_import.load_torchvision_weights(jax.device_get(state.variables),
+                                                      config.model)
+  if variables is None:
     return state
-  from hme_jax.models import torch_import  # needs torch, only for this
-  variables = torch_import.load_torchvision_weights(jax.device_get(state.variables), config.model)
   params = variables.pop("params")
   state = state.replace(params=params, extra_variables=variables,
                         opt_state=optimizer.init(params), plateau=plateau.init(params))
   return jax.device_put(state, sharding) if sharding is not None else state
+
+
+def _trained_variables(init_from: str, like: dict, vocab: Vocabulary | None) -> dict:
+  """The variables of a trained model (export, work dir or ``"bundled"``), checked against
+  the model being trained (``like``) and its training vocabulary (if given)."""
+  from hme_jax import saved_model  # reads exports; only for fine-tuning
+  path = saved_model.pretrained_path() if init_from == "bundled" else init_from
+  source = saved_model.LoadedModel(path, compute_dtype="float32")
+  where = f"config.train.init_from={init_from!r}"
+  if vocab is not None and source.vocab != vocab:
+    raise checkpoints_lib.CheckpointMismatchError(
+        f"{where} was trained on another vocabulary ({len(source.vocab)} tokens, this dataset's "
+        f"has {len(vocab)}): fine-tuning needs the same tokens. Train from scratch "
+        "(config.train.init_from='') or use the dataset that model was trained on.")
+  wanted = jax.tree_util.tree_flatten_with_path(jax.device_get(like))[0]
+  found = dict(jax.tree_util.tree_flatten_with_path(jax.device_get(source.variables))[0])
+  problems = [f"{jax.tree_util.keystr(key)}: {np.shape(found[key]) if key in found else 'missing'}"
+              f" there, {np.shape(leaf)} here" for key, leaf in wanted
+              if key not in found or np.shape(found[key]) != np.shape(leaf)]
+  if problems or len(found) != len(wanted):
+    raise checkpoints_lib.CheckpointMismatchError(
+        f"{where} holds another model than config.model describes ("
+        + "; ".join(problems[:4] or ["other variables"]) + "). Use that model's config.model "
+        "(its model.json or work dir config) or train from scratch.")
+  return jax.tree.map(lambda value, leaf: np.asarray(value, np.asarray(leaf).dtype),
+                      jax.device_get(source.variables), jax.device_get(like))
 
 
 def create_train_state(family, config: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -480,7 +513,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _say(f"Resumed from the checkpoint at step {start_step} (epoch "
          f"{start_step // steps_per_epoch}).")
   else:
-    state = load_pretrained(init(init_rng, init_inputs), config, optimizer, plateau, replicated)
+    state = load_pretrained(init(init_rng, init_inputs), config, optimizer, plateau, replicated,
+                            vocab)
   init_seconds = time.time() - compile_start
   programs = {key: future.result() for key, future in pending.items()}
   compile_seconds = time.time() - compile_start

@@ -129,3 +129,35 @@ def test_export_sets_decoder_defaults_and_records_scores(trained_workdir, tmp_pa
     saved_model.export_model(trained_workdir, str(tmp_path / "typo"),
                              eval_settings={"decodr": "beam"})
   assert not os.path.exists(tmp_path / "typo" / saved_model.PARAMS_FILE)
+
+
+def test_fine_tuning_starts_from_a_trained_model_and_refuses_another(synthetic_data_dir,
+                                                                       trained_workdir, exported):
+  from conftest import tiny_config
+  from hme_jax import families, trainer
+  from hme_jax.vocab import Vocabulary
+  config = tiny_config(synthetic_data_dir)
+  vocab = input_pipeline.load_vocabulary(input_pipeline.dataset_builder(config.dataset))
+  batch = {k: v for k, v in input_pipeline.dummy_batch(config, 2).items() if k != "ids"}
+
+  def start(config, vocab=vocab):
+    family = families.create_family(config, vocab)
+    init, optimizer, plateau = trainer.make_initializer(family, config, 10, batch)
+    return trainer.load_pretrained(init(jax.random.PRNGKey(7), batch), config, optimizer,
+                                   plateau, vocab=vocab)
+
+  scratch = start(config)
+  for source in (exported["float32"], trained_workdir):
+    config.train.init_from = source
+    state = start(config)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.variables),
+                 jax.device_get(saved_model.LoadedModel(source).variables))
+    assert int(state.step) == 0
+    assert not np.array_equal(jax.tree.leaves(state.params)[0], jax.tree.leaves(scratch.params)[0])
+
+  config.model.lstm_hidden *= 2
+  with pytest.raises(checkpoints.CheckpointMismatchError, match="init_from.*another model"):
+    start(config)
+  config.model.lstm_hidden //= 2
+  with pytest.raises(checkpoints.CheckpointMismatchError, match="another vocabulary"):
+    start(config, Vocabulary(vocab.tokens[:-1]))

@@ -292,3 +292,32 @@ def test_evaluation_warm_up_compiles_the_beam_search_of_every_bucket_width(synth
   evaluation.beam_step(family, variables, {k: batch[k] for k in evaluation.IMAGE_KEYS},
                        config.eval.beam_width, config.eval.max_length, config.eval.well_formed)
   assert evaluation.beam_step._cache_size() == before + len(config.input.bucket_widths)
+
+
+def test_with_canvases_the_warm_up_compiles_every_validation_and_beam_program(synthetic_data_dir):
+  """configs/vgg16.py's geometry: validating and beam-decoding a split then compile nothing."""
+  config = tiny_config(synthetic_data_dir)
+  config.eval.update(decoder="beam", beam_width=3)
+  height, max_width = config.input.height, config.input.max_width
+  config.input.canvases = ((height, max_width // 3, 16), (height, max_width, 64))
+  builder = input_pipeline.dataset_builder(config.dataset)
+  vocab = input_pipeline.load_vocabulary(builder)
+  family = families.create_family(config, vocab)
+  mesh = evaluation.make_mesh()
+  inputs = {k: v for k, v in input_pipeline.dummy_batch(config, 2).items() if k != "ids"}
+  abstract_variables = jax.eval_shape(family.init, jax.random.PRNGKey(0), inputs)
+  eval_before, beam_before = evaluation.eval_step._cache_size(), evaluation.beam_step._cache_size()
+  trainer.warm_up_evaluation(family, abstract_variables, config, mesh, beam=True)
+  assert evaluation.eval_step._cache_size() == eval_before + 2
+  assert evaluation.beam_step._cache_size() == beam_before + 2
+
+  variables = family.init(jax.random.PRNGKey(0), inputs)
+  batches = list(input_pipeline.eval_dataset(
+      config, input_pipeline.data_source(builder, config.dataset.eval_split), vocab,
+      batch_size=evaluation.eval_batch_size(config.eval.batch_size)))
+  assert {batch["images"].shape[1:3] + batch["labels"].shape[1:] for batch in batches} == {
+      canvas for canvas in config.input.canvases}
+  for decoder in ("greedy", "beam"):
+    evaluation.decode_batches(family, variables, batches, mesh, decoder=decoder, beam_width=3)
+  assert evaluation.eval_step._cache_size() == eval_before + 2
+  assert evaluation.beam_step._cache_size() == beam_before + 2
