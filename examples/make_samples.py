@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # file name -> (CROHME tokens, render seed)
 SAMPLES = {
     "formula.png": ("x ^ { 2 }", 2),
-    "equation.png": ("y = 2", 2),
+    "equation.png": ("x = 1", 3),
     "difference.png": ("x - 1", 3),
 }
 
