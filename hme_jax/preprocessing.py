@@ -450,8 +450,8 @@ def training_scale(ink: np.ndarray, statistics: InkStatistics) -> tuple[np.ndarr
   puts the symbols outside the training range (a pen thick or thin for the
   writing's size), the symbols set it instead (the median height), and thin
   strokes are redrawn at the median width (the ink comes back rescaled, factor
-  1). Thick ones are kept: thinning them to a skeleton merges and breaks more
-  than it mends.
+  1) and thick ones are eroded to about that width (redrawing them from a
+  skeleton would merge and break more than it mends).
   """
   stroke_width, symbol_height = ink_measures(ink)
   low, median_width, high = statistics.stroke_width
@@ -463,8 +463,9 @@ def training_scale(ink: np.ndarray, statistics: InkStatistics) -> tuple[np.ndarr
     return ink, factor
   factor = median_height / symbol_height
   if stroke_width * factor > median_width:
-    return ink, factor
+    return paper.change_pen(ink, -round((stroke_width - median_width / factor) / 2)), factor
   return crop_to_ink(paper.restroke(_resize_by(ink, factor), median_width)), 1.0
+
 
 
 def _normalised(gray: np.ndarray, statistics: InkStatistics | None) -> tuple[np.ndarray, float]:

@@ -115,6 +115,17 @@ def test_a_canvas_drawing_comes_back_at_the_training_scale(tokens, seed):
   assert chamfer(model_input(clean), preprocessing.fit_image(ink, INPUT)) <= 1.0
 
 
+@pytest.mark.parametrize("tokens, seed", EXPRESSIONS)
+def test_a_thick_pen_comes_back_at_the_training_stroke_width(tokens, seed):
+  clean = rendered(tokens, seed)
+  thick = paper.change_pen(clean, 2)  # 4 px thicker: twice CROHME's width
+  assert preprocessing.ink_measures(thick)[0] > STATISTICS.stroke_width[2] + 1
+  ink = preprocessing.normalise(255 - thick, STATISTICS)
+  low, _, high = STATISTICS.stroke_width
+  assert 0.9 * low <= preprocessing.ink_measures(ink)[0] <= 1.1 * high  # about the training width
+  assert chamfer(model_input(clean), preprocessing.fit_image(ink, INPUT)) <= 1.0
+
+
 def test_a_fraction_bar_is_not_paper_ruling():
   bitmap = rendered("\\frac { 1 } { 2 }", 0)
   np.testing.assert_array_equal(preprocessing.remove_ruling(bitmap), bitmap)
