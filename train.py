@@ -1,9 +1,9 @@
 """Trains a model: ``python train.py --config configs/vgg16.py --workdir DIR``.
 
-See ``hme_jax/main.py`` for the flags.
+See ``hme_jax/train/main.py`` for the flags.
 """
 
-from hme_jax import main
+from hme_jax.train import main
 
 if __name__ == "__main__":
   main.run()

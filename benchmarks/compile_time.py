@@ -25,8 +25,10 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks.batches import random_batch  # noqa: E402
-from hme_jax import evaluation, families, trainer  # noqa: E402
-from hme_jax.vocab import Vocabulary  # noqa: E402
+from hme_jax import sharding  # noqa: E402
+from hme_jax.families import registry  # noqa: E402
+from hme_jax.text.vocab import Vocabulary  # noqa: E402
+from hme_jax.train import trainer  # noqa: E402
 
 # name -> (scan_dense_layers, remat_dense_layers)
 VARIANTS = {"unrolled": (False, False), "unrolled_remat": (False, True),
@@ -47,9 +49,9 @@ flags.DEFINE_list("variants", list(VARIANTS), f"Variants to measure, of {list(VA
 def measure(config, batch, steps: int, warmup: int) -> dict:
   """Seconds of init, lower and compile, seconds per step and temp bytes for ``config``."""
   vocab = Vocabulary(tuple(f"t{i}" for i in range(FLAGS.num_classes - 1)))
-  family = families.create_family(config, vocab,
-                                  evaluation.to_jnp_dtype(config.train.compute_dtype))
-  mesh = evaluation.make_mesh()
+  family = registry.create_family(config, vocab,
+                                  sharding.to_jnp_dtype(config.train.compute_dtype))
+  mesh = sharding.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   start = time.perf_counter()
   state, optimizer, _ = trainer.create_train_state(family, config, 1000, batch,
@@ -58,7 +60,7 @@ def measure(config, batch, steps: int, warmup: int) -> dict:
   init_seconds = time.perf_counter() - start
   step = jax.jit(lambda s, b: trainer.train_step(family, optimizer, s, b, jax.random.PRNGKey(1)),
                  donate_argnums=0)
-  device_batch = evaluation.shard_batch(batch, mesh)
+  device_batch = sharding.shard_batch(batch, mesh)
   start = time.perf_counter()
   lowered = step.lower(state, device_batch)
   lower_seconds = time.perf_counter() - start

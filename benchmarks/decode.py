@@ -1,4 +1,4 @@
-"""CTC beam search: hme_jax.decoding.beam_search against pyctcdecode (no LM).
+"""CTC beam search: hme_jax.families.ctc_decoding.beam_search against pyctcdecode (no LM).
 
 Both decoders get the same log-probabilities. Reported per setting: top-1
 agreement (% of sequences whose best token sequences are identical), how often
@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hme_jax import decoding
+from hme_jax.families import ctc_decoding
 
 BEAM_WIDTH = 10
 SETTINGS = {
@@ -107,8 +107,8 @@ def run_ours(batches, top_tokens, repeats: int):
   max_length = max(l.shape[1] for l, _ in batches)
 
   def one_pass():
-    outputs = [decoding.beam_search(l, p, beam_width=BEAM_WIDTH, max_output_length=max_length,
-                                    top_tokens=top_tokens) for l, p in on_device]
+    outputs = [ctc_decoding.beam_search(l, p, beam_width=BEAM_WIDTH, max_output_length=max_length,
+                                        top_tokens=top_tokens) for l, p in on_device]
     jax.block_until_ready(outputs)
     return outputs
 
@@ -120,7 +120,7 @@ def run_ours(batches, top_tokens, repeats: int):
     times.append(time.perf_counter() - start)
   best = []
   for tokens, lengths, _ in outputs:
-    best += decoding.best_hypotheses(tokens, lengths)
+    best += ctc_decoding.best_hypotheses(tokens, lengths)
   return best, min(times)
 
 
@@ -173,7 +173,7 @@ def main():
   logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
 
   if args.workdir and not args.synthetic:
-    from hme_jax import evaluate  # pylint: disable=g-import-not-at-top
+    from hme_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
     batches = evaluate.compute_logits(args.workdir, args.split, args.max_samples)
     source = f"{args.workdir} split {args.split}"
   else:

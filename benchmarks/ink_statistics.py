@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hme_jax import input_pipeline, preprocessing  # noqa: E402
+from hme_jax.data import input_pipeline, preprocessing  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -22,8 +22,11 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from hme_jax import checkpoints, families, input_pipeline, predict, trainer  # noqa: E402
-from hme_jax.vocab import Vocabulary  # noqa: E402
+from hme_jax.data import input_pipeline  # noqa: E402
+from hme_jax.families import registry  # noqa: E402
+from hme_jax.infer import predict  # noqa: E402
+from hme_jax.text.vocab import Vocabulary  # noqa: E402
+from hme_jax.train import checkpoints, trainer  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "", "Work dir of a trained model.")
@@ -38,7 +41,7 @@ def save_untrained(config, workdir: str) -> None:
   """A work dir holding one checkpoint of freshly initialised weights."""
   from tfds_crohme.crohme_synthetic import grammar
   vocab = Vocabulary.from_captions([" ".join(grammar.TOKENS)])
-  family = families.create_family(config, vocab)
+  family = registry.create_family(config, vocab)
   batch = input_pipeline.dummy_batch(config, 1)
   state, _, _ = trainer.create_train_state(family, config, 1, batch, jax.random.PRNGKey(0))
   store = checkpoints.Checkpoints(workdir)

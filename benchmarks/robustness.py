@@ -15,7 +15,7 @@ family and writes a PNG grid of the first ``--grid_samples`` samples under each
 family, the model's input and its reading (``--grid``; the default lies in
 /tmp: the grid shows CROHME images, which must not go into the repository).
 
-Transform families (``hme_jax/paper.py``; the random ones draw from
+Transform families (``hme_jax/data/paper.py``; the random ones draw from
 ``np.random.default_rng([seed, family index, sample index])``, so every run
 sees the same pixels):
 
@@ -48,7 +48,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from hme_jax import input_pipeline, paper, predict, preprocessing, saved_model  # noqa: E402
+from hme_jax.data import input_pipeline, paper, preprocessing  # noqa: E402
+from hme_jax.infer import predict, saved_model  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "", "Work dir or exported model; default: the bundled model.")

@@ -28,7 +28,7 @@ import urllib.parse
 import numpy as np
 from PIL import Image
 
-from hme_jax import serve
+from hme_jax.infer import serve
 
 NUM_IMAGES = 16  # distinct images, cycled through the requests
 
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     result = run_load(args.url.rstrip("/"), args.requests, args.concurrency, args.time_limit_s)
   else:
     if args.workdir:
-      from hme_jax import predict  # pylint: disable=import-outside-toplevel
+      from hme_jax.infer import predict  # pylint: disable=import-outside-toplevel
       recognizer = predict.Recognizer.from_workdir(args.workdir, decoder=args.decoder,
                                                    beam_width=args.beam_width)
       # Compile every (batch size, width bucket) the load can hit before timing it.

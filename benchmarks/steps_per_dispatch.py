@@ -22,8 +22,10 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks.batches import random_batch  # noqa: E402
-from hme_jax import evaluation, families, trainer  # noqa: E402
-from hme_jax.vocab import Vocabulary  # noqa: E402
+from hme_jax import sharding  # noqa: E402
+from hme_jax.families import registry  # noqa: E402
+from hme_jax.text.vocab import Vocabulary  # noqa: E402
+from hme_jax.train import trainer  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Config file.")
@@ -41,10 +43,10 @@ def main(argv):
   height = config.input.height or config.input.canvases[0][0]
   batch = random_batch(batch_size, height, FLAGS.width, FLAGS.label_length, 110,
                        config.model.width_downsample)
-  family = families.create_family(config, Vocabulary(tuple(f"t{i}" for i in range(109))),
-                                  evaluation.to_jnp_dtype(config.train.compute_dtype))
-  mesh = evaluation.make_mesh()
-  device_batch = evaluation.shard_batch(batch, mesh)
+  family = registry.create_family(config, Vocabulary(tuple(f"t{i}" for i in range(109))),
+                                  sharding.to_jnp_dtype(config.train.compute_dtype))
+  mesh = sharding.make_mesh()
+  device_batch = sharding.shard_batch(batch, mesh)
   state, optimizer, _ = trainer.create_train_state(family, config, 1000, batch,
                                                    jax.random.PRNGKey(0))
   rng = jax.random.PRNGKey(1)

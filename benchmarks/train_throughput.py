@@ -31,8 +31,10 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks.batches import random_batch  # noqa: E402
-from hme_jax import evaluation, families, trainer  # noqa: E402
-from hme_jax.vocab import Vocabulary  # noqa: E402
+from hme_jax import sharding  # noqa: E402
+from hme_jax.families import registry  # noqa: E402
+from hme_jax.text.vocab import Vocabulary  # noqa: E402
+from hme_jax.train import trainer  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/vgg16.py", "Config file.")
@@ -52,7 +54,7 @@ flags.DEFINE_string("output_json", "", "Also write the figures printed to this J
 
 def real_batches(config, count):
   """The first ``count`` training batches of the config's dataset, and its vocabulary."""
-  from hme_jax import input_pipeline
+  from hme_jax.data import input_pipeline
   builder = input_pipeline.dataset_builder(config.dataset)
   vocab = input_pipeline.load_vocabulary(builder)
   dataset = input_pipeline.train_dataset(
@@ -63,8 +65,8 @@ def real_batches(config, count):
 def time_jax(config, batch, steps, batches=None, vocab=None):
   """Seconds per step on ``batch`` (or per batch of ``batches``, cycling) and step FLOPs."""
   vocab = vocab or Vocabulary(tuple(f"t{i}" for i in range(FLAGS.num_classes - 1)))
-  family = families.create_family(config, vocab, evaluation.to_jnp_dtype(config.train.compute_dtype))
-  mesh = evaluation.make_mesh()
+  family = registry.create_family(config, vocab, sharding.to_jnp_dtype(config.train.compute_dtype))
+  mesh = sharding.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   start = first_step_start = time.perf_counter()
   state, optimizer, _ = trainer.create_train_state(family, config, 1000, batch, jax.random.PRNGKey(0),
@@ -73,7 +75,7 @@ def time_jax(config, batch, steps, batches=None, vocab=None):
   print(f"JAX initialisation: {time.perf_counter() - start:.1f} s", flush=True)
   step = jax.jit(lambda s, b: trainer.train_step(family, optimizer, s, b, jax.random.PRNGKey(1)),
                  donate_argnums=0)
-  device_batches = [evaluation.shard_batch(b, mesh) for b in (batches or [batch])]
+  device_batches = [sharding.shard_batch(b, mesh) for b in (batches or [batch])]
   shapes = {}
   start = time.perf_counter()
   for device_batch in device_batches:

@@ -1,6 +1,6 @@
 """Attention encoder-decoder on CROHME: DenseNet-B + Transformer decoder with coverage (CoMER).
 
-Model (hme_jax/models/attention.py, hme_jax/seq2seq.py), as published by
+Model (hme_jax/models/attention.py, hme_jax/families/seq2seq.py), as published by
 BTTR/CoMER: DenseNet-B encoder (growth rate 24, 16 bottleneck layers per
 block, 3 blocks, compression 0.5, dropout 0.2; stride 16, 684 channels) ->
 d_model 256 with 2-D sinusoidal positions; 3-layer post-norm Transformer

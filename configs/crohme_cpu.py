@@ -110,7 +110,7 @@ def get_config(candidate: str = "") -> ml_collections.ConfigDict:
     return config
   if candidate == "paper":
     # The shipped model (config.train.init_from="bundled") fine-tuned with paper pages
-    # (hme_jax/paper.py) on a quarter of its training images, so that photos, scans and
+    # (hme_jax/data/paper.py) on a quarter of its training images, so that photos, scans and
     # thick pens are inputs it has seen. A short cosine from a low peak: the shipped run
     # ended far down its own schedule, and a fresh 18-epoch run would need the whole budget.
     config = _crnn(config, height=48, lstm_hidden=128, epochs_in_budget=5)

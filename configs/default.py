@@ -5,7 +5,7 @@ Other configs start from ``get_config()`` here and change what differs.
 
 import ml_collections
 
-from hme_jax import preprocessing
+from hme_jax.data import preprocessing
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.input.cache_in_memory = True       # decode and crop every image once per run
   config.input.device_resident = False     # keep the fitted training split in device memory and
                                             # gather + augment batches inside the step
-                                            # (hme_jax/device_data.py); one JAX process only
+                                            # (hme_jax/data/device_data.py); one JAX process only
   config.input.worker_count = 0             # grain worker processes (0 = in the main process)
   config.input.prefetch = 2                 # batches prefetched per worker
 
@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.elastic_sigma = 10.0       # pixels over which it varies: at most 2 x alpha,
                                             # or strokes fold (8 over 5 tore them apart)
   config.augment.stroke_probability = 0.3   # thicken or thin the strokes
-  # Paper: the ink drawn as a photographed or scanned page (hme_jax/paper.py), then normalised
+  # Paper: the ink drawn as a photographed or scanned page (hme_jax/data/paper.py), then normalised
   # back (preprocessing.normalise), as predict does with real photos; on the host, not with
   # config.input.device_resident.
   config.augment.paper_probability = 0.0    # share of training images put on paper; 0 = off

@@ -10,7 +10,7 @@ def size_for(config: ml_collections.ConfigDict, variant: str, *, gpu: tuple[int,
   """Sets ``(batch size, learning rate)`` and the training feed for ``variant``.
 
   "gpu" (or "" = the default) keeps the training split in device memory
-  (hme_jax/device_data.py): an accelerator is then never waiting on the host.
+  (hme_jax/data/device_data.py): an accelerator is then never waiting on the host.
   "cpu" reads batches through the host pipeline, which resumes at the
   iterator position and starts sooner.
   """

@@ -14,7 +14,7 @@ train and 3 of 986 2014 expressions with 2 columns per frame, against 292 and
 Sized for one GPU: batch 128 (the seed's 32 leaves an H200 idle between
 steps) with the learning rate scaled by the square root of the batch ratio
 (5e-4 x 2 = 1e-3), and the training split kept in device memory with the
-augmentation inside the step (hme_jax/device_data.py). The seed's CPU-sized
+augmentation inside the step (hme_jax/data/device_data.py). The seed's CPU-sized
 recipe (batch 32, Adam 5e-4, host input pipeline) is the ``cpu`` variant:
 
   python train.py --config configs/vgg16.py --workdir workdirs/vgg16

@@ -10,6 +10,6 @@ __all__ = ["Recognizer"]
 def __getattr__(name):
   # Lazily, so that importing a submodule (the data builders, the configs) does not load JAX.
   if name == "Recognizer":
-    from hme_jax.predict import Recognizer
+    from hme_jax.infer.predict import Recognizer
     return Recognizer
   raise AttributeError(f"module 'hme_jax' has no attribute {name!r}")

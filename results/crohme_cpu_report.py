@@ -3,7 +3,7 @@
   python results/crohme_cpu_report.py --workdir workdirs/crohme_cpu \
       --export hme_jax/pretrained/crohme_cpu --output results/crohme_cpu.json
 
-Runs ``hme_jax.evaluate`` for each (model, decoder) the report needs, on every
+Runs ``hme_jax.eval.evaluate`` for each (model, decoder) the report needs, on every
 test split the dataset holds: the best checkpoint in float32 with greedy and
 beam search (width 10), beam search constrained to well-formed LaTeX, and the
 bfloat16 export as shipped. An evaluation whose report already exists in the
@@ -47,7 +47,7 @@ def _machine() -> dict:
 
 
 def _training(workdir: str) -> dict:
-  from hme_jax import checkpoints
+  from hme_jax.train import checkpoints
   manager = checkpoints.Checkpoints(workdir, read_only=True)
   try:
     latest = manager.resolve("latest")
@@ -74,7 +74,8 @@ def _publish(export_dir: str, results: dict, eval_dir: str) -> None:
   The 2014 ExpRate of the whole split, and of its first 200 images, which
   ``tests/test_pretrained.py`` reproduces from the installed package.
   """
-  from hme_jax import evaluate, saved_model
+  from hme_jax.eval import evaluate
+  from hme_jax.infer import saved_model
   settings = saved_model.LoadedModel(export_dir).config.eval
   decoder = {"decoder": settings.decoder, "beam_width": settings.beam_width,
              "well_formed": settings.well_formed}
@@ -99,7 +100,8 @@ def main() -> None:
                       + ", ".join(name for name, *_ in EVALUATIONS))
   args = parser.parse_args()
 
-  from hme_jax import evaluate, saved_model
+  from hme_jax.eval import evaluate
+  from hme_jax.infer import saved_model
 
   eval_dir = args.eval_dir or os.path.join(args.workdir, "eval", "report")
   wanted = set(args.only.split(",")) if args.only else None

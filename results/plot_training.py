@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def history(workdir: str) -> list[dict]:
   """The per-epoch records of the latest checkpoint (current while a run goes on)."""
-  from hme_jax import checkpoints
+  from hme_jax.train import checkpoints
   try:
     manager = checkpoints.Checkpoints(workdir, read_only=True)
   except checkpoints.NoCheckpointError:

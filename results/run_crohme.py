@@ -37,7 +37,8 @@ def prepare(args) -> None:
   import rapidfuzz  # noqa: F401  (the evaluation's edit distances: fail here, not at the end)
   import tensorboardX  # noqa: F401  (the trainer's summaries)
 
-  from hme_jax import input_pipeline, trainer  # noqa: F401  (every training import)
+  from hme_jax.data import input_pipeline  # noqa: F401  (every training import)
+  from hme_jax.train import trainer  # noqa: F401
   versions = {"jax": jax.__version__, "backend": jax.default_backend(),
               "device_count": jax.device_count(), "device": jax.devices()[0].device_kind}
   for name in ("flax", "optax", "orbax.checkpoint", "grain", "tensorflow_datasets", "torch"):
@@ -57,8 +58,8 @@ def prepare(args) -> None:
 def evaluate(args) -> None:
   """Exports the model (params only), then decodes the config's test splits that are present
   (``evaluate``'s default) with each decoder."""
-  from hme_jax import evaluate as evaluate_lib
-  from hme_jax import saved_model
+  from hme_jax.eval import evaluate as evaluate_lib
+  from hme_jax.infer import saved_model
   meta = saved_model.export_model(args.workdir, args.export, checkpoint=args.checkpoint,
                                   dtype="bfloat16")
   print(f"Exported step {meta['step']} to {args.export}", flush=True)

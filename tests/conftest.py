@@ -52,7 +52,7 @@ def crohme_data_dir(tmp_path_factory):
   if not CROHME_ZIP.exists():
     pytest.skip(f"CROHME archive not found at {CROHME_ZIP}")
   import ml_collections
-  from hme_jax import input_pipeline
+  from hme_jax.data import input_pipeline
   data_dir = tmp_path_factory.mktemp("tfds_crohme")
   input_pipeline.dataset_builder(ml_collections.ConfigDict(
       {"name": "crohme", "data_dir": str(data_dir), "manual_dir": str(CROHME_ZIP.parent)}))
@@ -62,7 +62,7 @@ def crohme_data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory):
   """A TFDS data dir holding the prepared ``crohme_synthetic/tiny`` dataset."""
-  from hme_jax import input_pipeline
+  from hme_jax.data import input_pipeline
   data_dir = tmp_path_factory.mktemp("tfds")
   input_pipeline.dataset_builder(tiny_config(data_dir).dataset)
   return data_dir
@@ -71,7 +71,7 @@ def synthetic_data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory, synthetic_data_dir):
   """A work dir with checkpoints of a tiny CRNN trained for two short epochs."""
-  from hme_jax import trainer
+  from hme_jax.train import trainer
   workdir = tmp_path_factory.mktemp("workdir")
   trainer.train_and_evaluate(tiny_config(synthetic_data_dir), str(workdir))
   return str(workdir)

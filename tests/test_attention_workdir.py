@@ -6,7 +6,11 @@ import pathlib
 import numpy as np
 import pytest
 
-from hme_jax import evaluate, input_pipeline, predict, saved_model, seq2seq, trainer
+from hme_jax.data import input_pipeline
+from hme_jax.eval import evaluate
+from hme_jax.families import seq2seq
+from hme_jax.infer import predict, saved_model
+from hme_jax.train import trainer
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ import pytest
 from conftest import REPO_ROOT
 
 from configs import default
-from hme_jax import checkpoints, saved_model, serve
+from hme_jax.infer import saved_model, serve
+from hme_jax.train import checkpoints
 
 CONFIG_DIR = REPO_ROOT / "configs"
 # ConfigDict methods: ``config.dataset.to_dict()`` reads no field called to_dict.

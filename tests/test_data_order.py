@@ -6,7 +6,8 @@ import pytest
 from conftest import tiny_config
 from test_input_pipeline import VOCAB, fake_records, small_config
 
-from hme_jax import checkpoints, input_pipeline, trainer
+from hme_jax.data import input_pipeline
+from hme_jax.train import checkpoints, trainer
 
 
 @pytest.mark.parametrize("sort_window", [0, 2])

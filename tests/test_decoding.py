@@ -1,4 +1,4 @@
-"""Tests for hme_jax.decoding: greedy, prefix beam search, the well-formed constraint.
+"""Tests for hme_jax.families.ctc_decoding: greedy, prefix beam search, the well-formed constraint.
 
 The beam search is checked against brute force: every label sequence up to
 length T scored by ``-optax.ctc_loss`` (its exact CTC log-probability).
@@ -13,9 +13,9 @@ import optax
 import pytest
 
 from conftest import CROHME_ZIP, requires_crohme
-from hme_jax import decoding
-from hme_jax import grammar as latex_grammar
-from hme_jax.vocab import Vocabulary
+from hme_jax.families import ctc_decoding
+from hme_jax.text import grammar as latex_grammar
+from hme_jax.text.vocab import Vocabulary
 
 
 # --- helpers --------------------------------------------------------------------
@@ -108,9 +108,9 @@ def test_greedy_merges_repeats_drops_blanks_and_padding():
   ]
   logits = np.stack([one_hot_logits(frames, 4) for frames, _, _ in rows])
   paddings = np.array([p for _, p, _ in rows], np.float32)
-  tokens, lengths = decoding.greedy_decode(logits, paddings)
+  tokens, lengths = ctc_decoding.greedy_decode(logits, paddings)
   assert tokens.shape == (4, 8) and lengths.shape == (4,)
-  assert decoding.best_hypotheses(tokens, lengths) == [expected for _, _, expected in rows]
+  assert ctc_decoding.best_hypotheses(tokens, lengths) == [expected for _, _, expected in rows]
   # Left-aligned, zero padding after the length.
   assert np.all(np.asarray(tokens)[0, 3:] == 0)
 
@@ -125,7 +125,7 @@ def test_exhaustive_beam_equals_brute_force_ranking_and_scores():
   batch, frames, classes = 3, 5, 4
   sequences = all_sequences(classes, frames)
   logits = random_logits(rng, (batch, frames, classes))
-  tokens, lengths, scores = decoding.beam_search(
+  tokens, lengths, scores = ctc_decoding.beam_search(
       logits, np.zeros((batch, frames), np.float32), beam_width=len(sequences),
       max_output_length=frames)
   all_truth = ctc_log_likelihoods(logits, sequences)
@@ -144,10 +144,10 @@ def test_narrow_beam_finds_brute_force_best():
   batch, frames, classes = 8, 6, 4
   sequences = all_sequences(classes, frames)
   logits = random_logits(rng, (batch, frames, classes), scale=3.0)
-  tokens, lengths, scores = decoding.beam_search(
+  tokens, lengths, scores = ctc_decoding.beam_search(
       logits, np.zeros((batch, frames), np.float32), beam_width=16, max_output_length=frames)
-  greedy_tokens, greedy_lengths = decoding.greedy_decode(logits, np.zeros((batch, frames)))
-  greedy = decoding.best_hypotheses(greedy_tokens, greedy_lengths)
+  greedy_tokens, greedy_lengths = ctc_decoding.greedy_decode(logits, np.zeros((batch, frames)))
+  greedy = ctc_decoding.best_hypotheses(greedy_tokens, greedy_lengths)
   all_truth = ctc_log_likelihoods(logits, sequences)
   for b in range(batch):
     truth = dict(zip(sequences, all_truth[b]))
@@ -166,8 +166,8 @@ def test_matches_textbook_prefix_beam_search():
   batch, frames, classes, width = 4, 8, 12, 3
   logits = random_logits(rng, (batch, frames, classes))
   log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1), np.float64)
-  result = decoding.beam_search(logits, np.zeros((batch, frames), np.float32), beam_width=width,
-                                max_output_length=frames)
+  result = ctc_decoding.beam_search(logits, np.zeros((batch, frames), np.float32), beam_width=width,
+                                    max_output_length=frames)
   for b in range(batch):
     expected = reference_beam_search(log_probs[b], width)
     found = hypotheses_of(*result, b)
@@ -180,8 +180,8 @@ def test_logits_and_log_probs_give_the_same_answer():
   logits = random_logits(rng, (2, 6, 5)) + 7.0  # unnormalised
   log_probs = np.asarray(logits - np.log(np.exp(logits).sum(-1, keepdims=True)))
   paddings = np.zeros((2, 6), np.float32)
-  from_logits = decoding.beam_search(logits, paddings, beam_width=4, max_output_length=6)
-  from_log_probs = decoding.beam_search(log_probs, paddings, beam_width=4, max_output_length=6)
+  from_logits = ctc_decoding.beam_search(logits, paddings, beam_width=4, max_output_length=6)
+  from_log_probs = ctc_decoding.beam_search(log_probs, paddings, beam_width=4, max_output_length=6)
   np.testing.assert_array_equal(from_logits[0], from_log_probs[0])
   np.testing.assert_allclose(from_logits[2], from_log_probs[2], atol=1e-5)
 
@@ -190,15 +190,15 @@ def test_padded_frames_do_not_change_the_answer():
   rng = np.random.default_rng(3)
   batch, frames, classes = 4, 6, 5
   logits = random_logits(rng, (batch, frames, classes))
-  clean = decoding.beam_search(logits, np.zeros((batch, frames), np.float32), beam_width=6,
-                               max_output_length=frames)
+  clean = ctc_decoding.beam_search(logits, np.zeros((batch, frames), np.float32), beam_width=6,
+                                   max_output_length=frames)
   # Insert 4 garbage frames (two in the middle, two at the end) marked as padding.
   garbage = random_logits(rng, (batch, 4, classes), scale=10.0)
   padded_logits = np.concatenate([logits[:, :3], garbage[:, :2], logits[:, 3:], garbage[:, 2:]], 1)
   paddings = np.zeros((batch, frames + 4), np.float32)
   paddings[:, 3:5] = 1.0
   paddings[:, -2:] = 1.0
-  padded = decoding.beam_search(padded_logits, paddings, beam_width=6, max_output_length=frames)
+  padded = ctc_decoding.beam_search(padded_logits, paddings, beam_width=6, max_output_length=frames)
   np.testing.assert_array_equal(clean[0], padded[0])
   np.testing.assert_array_equal(clean[1], padded[1])
   np.testing.assert_allclose(clean[2], padded[2], atol=1e-5)
@@ -215,7 +215,7 @@ def test_top_tokens_pruning_finds_best_on_peaked_distributions():
   np.put_along_axis(logits, runner_up[..., None],
                     np.where(rng.random((batch, frames, 1)) < 0.4, 5.5, 0.0), axis=-1)
   sequences = all_sequences(classes, frames)
-  tokens, lengths, scores = decoding.beam_search(
+  tokens, lengths, scores = ctc_decoding.beam_search(
       logits, np.zeros((batch, frames), np.float32), beam_width=8, max_output_length=frames,
       top_tokens=2)
   all_truth = ctc_log_likelihoods(logits, sequences)
@@ -229,8 +229,8 @@ def test_top_tokens_pruning_finds_best_on_peaked_distributions():
 
 def test_max_output_length_caps_hypotheses():
   logits = one_hot_logits([1, 0, 2, 0, 3, 0, 1], 4)[None]
-  tokens, lengths, scores = decoding.beam_search(logits, np.zeros((1, 7), np.float32),
-                                                 beam_width=3, max_output_length=2)
+  tokens, lengths, scores = ctc_decoding.beam_search(logits, np.zeros((1, 7), np.float32),
+                                                     beam_width=3, max_output_length=2)
   assert tokens.shape == (1, 3, 2)
   assert np.all(np.asarray(lengths) <= 2)
   assert np.all(np.diff(np.asarray(scores)[0]) <= 0)  # sorted best first
@@ -238,10 +238,10 @@ def test_max_output_length_caps_hypotheses():
 
 def test_bad_shapes_raise_clear_errors():
   with pytest.raises(ValueError, match="frame_paddings"):
-    decoding.beam_search(np.zeros((2, 5, 4)), np.zeros((2, 4)), beam_width=2,
-                         max_output_length=5)
+    ctc_decoding.beam_search(np.zeros((2, 5, 4)), np.zeros((2, 4)), beam_width=2,
+                             max_output_length=5)
   with pytest.raises(ValueError, match="best_hypotheses"):
-    decoding.best_hypotheses(np.zeros((2, 3)), np.zeros((3,)))
+    ctc_decoding.best_hypotheses(np.zeros((2, 3)), np.zeros((3,)))
 
 
 # --- the well-formed LaTeX grammar -----------------------------------------------------
@@ -251,13 +251,13 @@ STRUCTURE_TOKENS = ("{", "}", "^", "_", "\\frac", "\\sqrt", "[", "]")
 
 def test_well_formed_agrees_with_the_python_checker_on_all_short_sequences():
   vocab = Vocabulary(tuple(sorted(STRUCTURE_TOKENS + ("x", "\\{", "\\}"))))
-  grammar = decoding.LatexGrammar.from_vocab(vocab)
+  grammar = ctc_decoding.LatexGrammar.from_vocab(vocab)
   sequences = all_sequences(len(vocab), 4)
   tokens = np.zeros((len(sequences), 4), np.int32)
   for i, sequence in enumerate(sequences):
     tokens[i, :len(sequence)] = sequence
   lengths = np.array([len(s) for s in sequences], np.int32)
-  got = np.asarray(decoding.well_formed(grammar, tokens, lengths))
+  got = np.asarray(ctc_decoding.well_formed(grammar, tokens, lengths))
   expected = np.array([latex_grammar.is_well_formed(vocab.decode(s)) for s in sequences])
   assert expected.sum() > 50  # the comparison covers both answers
   np.testing.assert_array_equal(got, expected)
@@ -272,13 +272,13 @@ def test_well_formed_on_crohme_examples():
          "x ^ { 2", "\\sqrt [ 3 }"]
   captions = good + bad
   vocab = Vocabulary.from_captions(captions)
-  grammar = decoding.LatexGrammar.from_vocab(vocab)
+  grammar = ctc_decoding.LatexGrammar.from_vocab(vocab)
   length = max(len(c.split()) for c in captions)
   tokens = np.zeros((len(captions), length), np.int32)
   for i, caption in enumerate(captions):
     tokens[i, :len(caption.split())] = vocab.encode(caption)
   lengths = np.array([len(c.split()) for c in captions], np.int32)
-  got = np.asarray(decoding.well_formed(grammar, tokens, lengths))
+  got = np.asarray(ctc_decoding.well_formed(grammar, tokens, lengths))
   np.testing.assert_array_equal(got, [True] * len(good) + [False] * len(bad))
 
 
@@ -291,13 +291,13 @@ def test_well_formed_accepts_crohme_captions_like_the_reference():
         captions += [line.split("\t", 1)[1] for line in archive.read(name).decode().splitlines()
                      if "\t" in line]
   vocab = Vocabulary.from_captions(captions)
-  grammar = decoding.LatexGrammar.from_vocab(vocab)
+  grammar = ctc_decoding.LatexGrammar.from_vocab(vocab)
   length = max(len(c.split()) for c in captions)
   tokens = np.zeros((len(captions), length), np.int32)
   for i, caption in enumerate(captions):
     tokens[i, :len(caption.split())] = vocab.encode(caption)
   lengths = np.array([len(c.split()) for c in captions], np.int32)
-  got = np.asarray(decoding.well_formed(grammar, tokens, lengths))
+  got = np.asarray(ctc_decoding.well_formed(grammar, tokens, lengths))
   expected = np.array([latex_grammar.is_well_formed(c.split()) for c in captions])
   np.testing.assert_array_equal(got, expected)
   assert expected.mean() > 0.99  # the convention fits the ground truth
@@ -307,14 +307,14 @@ def test_well_formed_accepts_crohme_captions_like_the_reference():
                                     ("{", "}", "\\frac", "\\sqrt", "[", "]", "a")])
 def test_grammar_beam_finds_best_well_formed_sequence(tokens):
   vocab = Vocabulary(tuple(sorted(tokens)))
-  grammar = decoding.LatexGrammar.from_vocab(vocab)
+  grammar = ctc_decoding.LatexGrammar.from_vocab(vocab)
   rng = np.random.default_rng(5)
   batch, frames, classes = 4, 5, len(vocab)
   sequences = all_sequences(classes, frames)
   allowed = np.array([latex_grammar.is_well_formed(vocab.decode(s)) for s in sequences])
   logits = random_logits(rng, (batch, frames, classes))
-  result = decoding.beam_search(logits, np.zeros((batch, frames), np.float32), beam_width=256,
-                                max_output_length=frames, grammar=grammar)
+  result = ctc_decoding.beam_search(logits, np.zeros((batch, frames), np.float32), beam_width=256,
+                                    max_output_length=frames, grammar=grammar)
   all_truth = ctc_log_likelihoods(logits, sequences)
   for b in range(batch):
     truth = all_truth[b]
@@ -330,7 +330,7 @@ def test_grammar_beam_finds_best_well_formed_sequence(tokens):
 def test_grammar_beam_matches_textbook_search_with_the_grammar():
   # 13 ordinary tokens > 2K: the search prunes them per frame, exactly.
   vocab = Vocabulary(tuple(sorted(STRUCTURE_TOKENS + tuple("xy12abcdefgh") + ("\\{",))))
-  grammar = decoding.LatexGrammar.from_vocab(vocab)
+  grammar = ctc_decoding.LatexGrammar.from_vocab(vocab)
   rng = np.random.default_rng(7)
   batch, frames, width = 4, 8, 4
   logits = random_logits(rng, (batch, frames, len(vocab)))
@@ -338,8 +338,8 @@ def test_grammar_beam_matches_textbook_search_with_the_grammar():
   for frame, token in enumerate(["^", "{", "y", "}"], start=1):  # a likely group in rows 0, 1
     logits[:2, frame, vocab.id_of(token)] += 8.0
   log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1), np.float64)
-  result = decoding.beam_search(logits, np.zeros((batch, frames), np.float32), beam_width=width,
-                                max_output_length=frames, grammar=grammar)
+  result = ctc_decoding.beam_search(logits, np.zeros((batch, frames), np.float32), beam_width=width,
+                                    max_output_length=frames, grammar=grammar)
   complete = []
   for b in range(batch):
     expected = reference_beam_search(
@@ -357,7 +357,7 @@ def test_grammar_beam_matches_textbook_search_with_the_grammar():
 
 def test_grammar_turns_ill_formed_best_into_well_formed():
   vocab = Vocabulary(tuple(sorted(STRUCTURE_TOKENS + ("x", "2", "a", "b"))))
-  grammar = decoding.LatexGrammar.from_vocab(vocab)
+  grammar = ctc_decoding.LatexGrammar.from_vocab(vocab)
   blank = "<blank>"
 
   def frames_for(rows):
@@ -379,12 +379,12 @@ def test_grammar_turns_ill_formed_best_into_well_formed():
   logits = np.stack([script, fraction])
   paddings = np.zeros(logits.shape[:2], np.float32)
   paddings[0, 5:] = 1.0
-  free = decoding.beam_search(logits, paddings, beam_width=8, max_output_length=7)
-  constrained = decoding.beam_search(logits, paddings, beam_width=8, max_output_length=7,
-                                     grammar=grammar)
-  free_best = [vocab.decode(s) for s in decoding.best_hypotheses(free[0], free[1])]
-  constrained_best = [vocab.decode(s) for s in decoding.best_hypotheses(constrained[0],
-                                                                        constrained[1])]
+  free = ctc_decoding.beam_search(logits, paddings, beam_width=8, max_output_length=7)
+  constrained = ctc_decoding.beam_search(logits, paddings, beam_width=8, max_output_length=7,
+                                         grammar=grammar)
+  free_best = [vocab.decode(s) for s in ctc_decoding.best_hypotheses(free[0], free[1])]
+  constrained_best = [vocab.decode(s) for s in ctc_decoding.best_hypotheses(constrained[0],
+                                                                            constrained[1])]
   assert free_best == [["x", "^", "2"], ["\\frac", "{", "a", "}", "b"]]
   assert not any(latex_grammar.is_well_formed(s) for s in free_best)
   assert constrained_best == [["x", "^", "{", "2", "}"], ["\\frac", "{", "a", "}", "{", "b", "}"]]
@@ -396,7 +396,7 @@ def test_grammar_turns_ill_formed_best_into_well_formed():
 
 def test_grammar_never_returns_an_empty_group():
   vocab = Vocabulary(tuple(sorted(STRUCTURE_TOKENS + ("x", "2"))))
-  grammar = decoding.LatexGrammar.from_vocab(vocab)
+  grammar = ctc_decoding.LatexGrammar.from_vocab(vocab)
   # "x ^ { }": the 2 inside the braces is weak (blank wins its frame).
   probabilities = [{"x": 0.9}, {"^": 0.9}, {"{": 0.9}, {"2": 0.3, "<blank>": 0.65}, {"}": 0.9}]
   logits = np.full((1, len(probabilities), len(vocab)), np.log(1e-4), np.float32)
@@ -404,15 +404,16 @@ def test_grammar_never_returns_an_empty_group():
     for token, probability in row.items():
       logits[0, t, vocab.id_of(token)] = np.log(probability)
   paddings = np.zeros(logits.shape[:2], np.float32)
-  free = decoding.beam_search(logits, paddings, beam_width=8, max_output_length=5)
-  constrained = decoding.beam_search(logits, paddings, beam_width=8, max_output_length=5,
-                                     grammar=grammar)
-  assert vocab.decode(decoding.best_hypotheses(*free[:2])[0]) == ["x", "^", "{", "}"]
-  assert vocab.decode(decoding.best_hypotheses(*constrained[:2])[0]) == ["x", "^", "{", "2", "}"]
+  free = ctc_decoding.beam_search(logits, paddings, beam_width=8, max_output_length=5)
+  constrained = ctc_decoding.beam_search(logits, paddings, beam_width=8, max_output_length=5,
+                                         grammar=grammar)
+  assert vocab.decode(ctc_decoding.best_hypotheses(*free[:2])[0]) == ["x", "^", "{", "}"]
+  best = ctc_decoding.best_hypotheses(*constrained[:2])[0]
+  assert vocab.decode(best) == ["x", "^", "{", "2", "}"]
   assert all(latex_grammar.is_well_formed(vocab.decode(s)) for s, _ in hypotheses_of(*constrained, 0))
 
 
 def test_best_hypotheses_takes_the_first_beam():
   tokens = np.array([[[3, 1, 0], [2, 0, 0]], [[0, 0, 0], [1, 1, 1]]])
   lengths = np.array([[2, 1], [0, 3]])
-  assert decoding.best_hypotheses(tokens, lengths) == [[3, 1], []]
+  assert ctc_decoding.best_hypotheses(tokens, lengths) == [[3, 1], []]

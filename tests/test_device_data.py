@@ -1,4 +1,4 @@
-"""The device-resident training split (hme_jax/device_data.py) against the host pipeline."""
+"""The device-resident training split (hme_jax/data/device_data.py) against the host pipeline."""
 
 import logging
 
@@ -8,7 +8,10 @@ import pytest
 
 from configs import default
 from conftest import tiny_attention_config, tiny_config
-from hme_jax import checkpoints, device_data, evaluation, input_pipeline, saved_model, trainer
+from hme_jax import sharding
+from hme_jax.data import device_data, input_pipeline
+from hme_jax.infer import saved_model
+from hme_jax.train import checkpoints, trainer
 
 
 def crnn_config(data_dir):
@@ -21,7 +24,7 @@ def build(config):
   builder = input_pipeline.dataset_builder(config.dataset)
   vocab = input_pipeline.load_vocabulary(builder)
   source = input_pipeline.data_source(builder, config.dataset.train_split)
-  return device_data.build(config, source, vocab, evaluation.make_mesh()), source, vocab
+  return device_data.build(config, source, vocab, sharding.make_mesh()), source, vocab
 
 
 def samples_of(images, heights, widths, labels, label_lengths):

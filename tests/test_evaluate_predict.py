@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hme_jax import checkpoints, evaluate, evaluation, input_pipeline, predict, saved_model, vocab
+from hme_jax.data import input_pipeline
+from hme_jax.eval import decode, evaluate
+from hme_jax.infer import predict, saved_model
+from hme_jax.text import vocab
+from hme_jax.train import checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +23,7 @@ def test_samples(synthetic_data_dir):
 
 
 def levenshtein(a, b) -> int:
-  """Textbook dynamic programme (independent of hme_jax.metrics' bit-parallel one)."""
+  """Textbook dynamic programme (independent of hme_jax.eval.metrics' bit-parallel one)."""
   row = list(range(len(b) + 1))
   for i, x in enumerate(a, 1):
     previous, row[0] = row[0], i
@@ -89,7 +93,7 @@ def test_a_reference_token_outside_the_vocabulary_is_scored_wrong_with_a_warning
   assert any("\\omega" in r.getMessage() and unknown_id in r.getMessage() for r in caplog.records)
   # Scored as a wrong expression, left out of the loss.
   wrong = [p for p in predictions if p.reference != p.prediction]
-  assert evaluation.summarize(predictions)["all"]["raw"]["exprate"] == pytest.approx(
+  assert decode.summarize(predictions)["all"]["raw"]["exprate"] == pytest.approx(
       1 - len(wrong) / len(predictions))
   assert loss_sums["samples"] == expected_loss["samples"] - 1
 

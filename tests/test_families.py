@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from hme_jax import evaluate, families, input_pipeline, predict, saved_model, trainer
+from hme_jax.data import input_pipeline
+from hme_jax.eval import evaluate
+from hme_jax.families import registry
+from hme_jax.infer import predict, saved_model
+from hme_jax.train import trainer
 
 
 class ColumnClassifier(nn.Module):
@@ -29,7 +33,7 @@ class ColumnClassifier(nn.Module):
     return logits.astype(jnp.float32), frame_paddings.astype(jnp.float32)
 
 
-class ToyFamily(families.CTCFamily):
+class ToyFamily(registry.CTCFamily):
   create_model = staticmethod(lambda model_config, num_classes, dtype: ColumnClassifier(num_classes))
 
   def trainable_mask(self, abstract_params):
@@ -41,19 +45,19 @@ class ToyFamily(families.CTCFamily):
 
 @pytest.fixture()
 def toy_registered(monkeypatch):
-  monkeypatch.setitem(families.FAMILIES, "toy_ctc", ToyFamily)
+  monkeypatch.setitem(registry.FAMILIES, "toy_ctc", ToyFamily)
 
 
 def test_an_unknown_family_names_the_registered_ones():
   config = tiny_config("/nonexistent")
   config.model.name = "transformer_xl"
   with pytest.raises(ValueError, match=r"'transformer_xl'.*\['attention', 'crnn'\]"):
-    families.create_family(config, None)
+    registry.create_family(config, None)
 
 
 def test_registering_a_name_twice_with_another_family_is_refused(toy_registered):
   with pytest.raises(ValueError, match="already registered"):
-    families.register_family("toy_ctc", families.CTCFamily)
+    registry.register_family("toy_ctc", registry.CTCFamily)
 
 
 @pytest.mark.slow

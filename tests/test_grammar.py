@@ -1,8 +1,8 @@
-"""One grammar of well-formed CROHME LaTeX: ``hme_jax.grammar``'s rule table.
+"""One grammar of well-formed CROHME LaTeX: ``hme_jax.text.grammar``'s rule table.
 
 Checked three ways: the Python automaton against an independent recursive
 description of the convention; its prefix acceptance against explicit
-completions; and the beam search's JAX constraint (``decoding.parse``, the
+completions; and the beam search's JAX constraint (``ctc_decoding.parse``, the
 same rules as arrays) against the Python automaton on random token sequences,
 uniform noise and mutated valid captions.
 """
@@ -12,8 +12,9 @@ import itertools
 import numpy as np
 import pytest
 
-from hme_jax import decoding, grammar, latex
-from hme_jax.vocab import Vocabulary
+from hme_jax.families import ctc_decoding
+from hme_jax.text import grammar, latex
+from hme_jax.text.vocab import Vocabulary
 from tfds_crohme.crohme_synthetic import grammar as synthetic_grammar
 
 STRUCTURE_TOKENS = ("{", "}", "^", "_", "\\frac", "\\sqrt", "[", "]")
@@ -104,8 +105,8 @@ def test_examples_read_alike_by_latex_grammar_and_the_beam_constraint(tokens, we
   assert reference_well_formed(tokens) is well_formed
   vocab = Vocabulary(tuple(sorted(set(TOKENS) | set(tokens))))
   ids = vocab.encode(tokens)[None]
-  assert bool(decoding.well_formed(decoding.LatexGrammar.from_vocab(vocab), ids,
-                                   np.array([len(tokens)]))[0]) is well_formed
+  assert bool(ctc_decoding.well_formed(ctc_decoding.LatexGrammar.from_vocab(vocab), ids,
+                                       np.array([len(tokens)]))[0]) is well_formed
 
 
 def mutate(tokens: list[str], rng: np.random.Generator) -> list[str]:
@@ -156,12 +157,12 @@ def test_beam_constraint_and_python_checker_agree_on_random_sequences():
   vocab = Vocabulary(tuple(sorted(TOKENS)))
   longest = max(len(s) for s in sequences)
   # Deep enough never to prune (the depth limit is the constraint's only extra rule).
-  constraint = decoding.LatexGrammar.from_vocab(vocab, max_depth=longest)
+  constraint = ctc_decoding.LatexGrammar.from_vocab(vocab, max_depth=longest)
   ids = np.zeros((len(sequences), longest), np.int32)
   for row, sequence in enumerate(sequences):
     ids[row, :len(sequence)] = vocab.encode(sequence)
   lengths = np.array([len(s) for s in sequences], np.int32)
-  prefix_kept, complete = map(np.asarray, decoding.parse(constraint, ids, lengths))
+  prefix_kept, complete = map(np.asarray, ctc_decoding.parse(constraint, ids, lengths))
 
   expected_complete = np.array([grammar.is_well_formed(s) for s in sequences])
   np.testing.assert_array_equal(complete, expected_complete)
@@ -185,5 +186,5 @@ def test_the_constraint_prunes_nesting_beyond_max_depth():
   ids, lengths = vocab.encode(tokens)[None], np.array([len(tokens)])
   assert grammar.is_well_formed(tokens)
   for max_depth, kept in ((3, True), (2, False)):
-    constraint = decoding.LatexGrammar.from_vocab(vocab, max_depth=max_depth)
-    assert bool(decoding.well_formed(constraint, ids, lengths)[0]) is kept
+    constraint = ctc_decoding.LatexGrammar.from_vocab(vocab, max_depth=max_depth)
+    assert bool(ctc_decoding.well_formed(constraint, ids, lengths)[0]) is kept

@@ -1,11 +1,12 @@
-"""Tests of hme_jax.inkml: reading CROHME InkML and rendering the strokes."""
+"""Tests of hme_jax.data.inkml: reading CROHME InkML and rendering the strokes."""
 
 import pathlib
 
 import numpy as np
 import pytest
 
-from hme_jax import inkml, latex
+from hme_jax.data import inkml
+from hme_jax.text import latex
 
 INKML_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "crohme" / "inkml"
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from configs import default
 
-from hme_jax import ctc, input_pipeline
-from hme_jax.vocab import Vocabulary
+from hme_jax import ctc
+from hme_jax.data import input_pipeline
+from hme_jax.text.vocab import Vocabulary
 
 CAPTIONS = ["x ^ { 2 }", "a + b", "\\frac { 1 } { 2 }", "1", "x = y"]
 
@@ -178,7 +179,7 @@ def test_the_data_layer_never_imports_tensorflow(synthetic_data_dir):
       import sys
       sys.path.insert(0, "tests")
       from conftest import tiny_config
-      from hme_jax import input_pipeline
+      from hme_jax.data import input_pipeline
       config = tiny_config({str(synthetic_data_dir)!r})
       builder = input_pipeline.dataset_builder(config.dataset)
       vocab = input_pipeline.load_vocabulary(builder)
@@ -239,7 +240,7 @@ def test_native_scale_keeps_each_image_size_and_pads_to_the_smallest_canvas():
 
 
 def test_native_scale_shrinks_only_what_exceeds_the_bounds():
-  from hme_jax import preprocessing
+  from hme_jax.data import preprocessing
   config = native_config()
   tall = np.full((200, 100), 255, np.uint8)
   wide = np.full((20, 1000), 255, np.uint8)

@@ -1,4 +1,4 @@
-"""Tests of hme_jax.latex: normalising, cleaning, well-formedness, mathtext."""
+"""Tests of hme_jax.text.latex: normalising, cleaning, well-formedness, mathtext."""
 
 import io
 import pathlib
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hme_jax import latex
+from hme_jax.text import latex
 
 ARCHIVE = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "crohme" / "data.zip"
 

@@ -1,11 +1,11 @@
-"""Tests of hme_jax.metrics on hand-made cases with hand-computed answers."""
+"""Tests of hme_jax.eval.metrics on hand-made cases with hand-computed answers."""
 
 import math
 import random
 
 import pytest
 
-from hme_jax import metrics
+from hme_jax.eval import metrics
 
 
 def plain_edit_distance(a, b) -> int:

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, tiny_config
 
-from hme_jax import checkpoints, input_pipeline, trainer
+from hme_jax.data import input_pipeline
+from hme_jax.train import checkpoints, trainer
 
 NUM_PROCESSES = 2
 STEPS = 2

@@ -10,7 +10,8 @@ import pytest
 from configs import default
 from PIL import Image
 
-from hme_jax import input_pipeline, paper, predict, preprocessing
+from hme_jax.data import input_pipeline, paper, preprocessing
+from hme_jax.infer import predict
 from tfds_crohme.crohme_synthetic import render
 
 INPUT = ml_collections.ConfigDict({"height": 48, "max_width": 768})  # the shipped model's fit
@@ -200,7 +201,7 @@ def test_training_and_predict_give_a_rendered_sample_the_same_model_input():
 
 
 def test_training_and_predict_give_a_crohme_sample_the_same_model_input(crohme_data_dir):
-  from hme_jax import saved_model
+  from hme_jax.infer import saved_model
   config = saved_model.LoadedModel(saved_model.pretrained_path()).config
   builder = input_pipeline.dataset_builder(ml_collections.ConfigDict(
       {**config.dataset.to_dict(), "data_dir": str(crohme_data_dir)}), prepare=False)

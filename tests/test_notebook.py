@@ -130,7 +130,7 @@ def test_notebook_trains_evaluates_and_exports_on_8_host_devices(tmp_path, synth
   assert re.search(r"test: 4 shown, \d correct", text_of(grid))
 
   # The export has the shipped model's format and files, and predict reads with it.
-  from hme_jax import predict, saved_model
+  from hme_jax.infer import predict, saved_model
   export_dir = work_dir / "export"
   shipped = json.loads((REPO_ROOT / "hme_jax" / "pretrained" / "crohme_cpu" /
                         saved_model.MODEL_FILE).read_text())
@@ -152,7 +152,7 @@ def test_a_batch_that_does_not_split_over_the_devices_is_refused_before_any_work
   """The check the notebook's devices cell and the trainer make (8 devices: a TPU v2-8)."""
   import jax
 
-  from hme_jax import trainer
+  from hme_jax.train import trainer
   monkeypatch.setattr(jax, "device_count", lambda: DEVICES)
   trainer.check_batch_size(16)
   config = tiny_config(tmp_path / "no_data")

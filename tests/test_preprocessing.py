@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from configs import default
 
-from hme_jax import input_pipeline, preprocessing
+from hme_jax.data import input_pipeline, preprocessing
 
 
 def stroke_image(height=40, width=120, polarity="white_on_black"):
@@ -128,7 +128,7 @@ def test_paper_augmentation_is_off_by_default_and_then_changes_nothing():
 
 
 def test_paper_augmentation_is_deterministic_per_seed_and_normalised_back():
-  from hme_jax import paper
+  from hme_jax.data import paper
   from tfds_crohme.crohme_synthetic import render
   config = _paper_config(1.0)
   image = render.render_expression("x ^ { 2 } + 1", np.random.default_rng(0))
@@ -151,7 +151,7 @@ def test_paper_augmentation_is_deterministic_per_seed_and_normalised_back():
 
 
 def test_device_resident_training_refuses_paper_augmentation():
-  from hme_jax import device_data
+  from hme_jax.data import device_data
   config = default.get_config()
   config.input.device_resident = True
   config.augment.paper_probability = 0.5

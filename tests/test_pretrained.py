@@ -9,7 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from hme_jax import evaluate, predict, preprocessing, saved_model
+from hme_jax.data import preprocessing
+from hme_jax.eval import evaluate
+from hme_jax.infer import predict, saved_model
 
 # Expressions the test renders as fake handwriting (dark ink on white paper, as
 # people photograph them), with a seed each: renders the shipped model reads
@@ -46,7 +48,7 @@ def test_bundled_model_is_small_bfloat16_and_documented():
 
 def test_its_ink_statistics_are_crohme_trains(crohme_data_dir):
   import ml_collections
-  from hme_jax import input_pipeline
+  from hme_jax.data import input_pipeline
   builder = input_pipeline.dataset_builder(ml_collections.ConfigDict(
       {"name": "crohme", "data_dir": str(crohme_data_dir)}), prepare=False)
   source = input_pipeline.data_source(builder, "train")

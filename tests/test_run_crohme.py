@@ -10,7 +10,8 @@ import tarfile
 import pytest
 
 from conftest import REPO_ROOT, tiny_config
-from hme_jax import input_pipeline, predict
+from hme_jax.data import input_pipeline
+from hme_jax.infer import predict
 
 BUDGET = 240
 MAX_FILES, MAX_FILE_BYTES = 8, 16 * 2**20

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hme_jax import checkpoints, input_pipeline, predict, saved_model
+from hme_jax.data import input_pipeline
+from hme_jax.infer import predict, saved_model
+from hme_jax.train import checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -134,14 +136,15 @@ def test_export_sets_decoder_defaults_and_records_scores(trained_workdir, tmp_pa
 def test_fine_tuning_starts_from_a_trained_model_and_refuses_another(synthetic_data_dir,
                                                                        trained_workdir, exported):
   from conftest import tiny_config
-  from hme_jax import families, trainer
-  from hme_jax.vocab import Vocabulary
+  from hme_jax.families import registry
+  from hme_jax.text.vocab import Vocabulary
+  from hme_jax.train import trainer
   config = tiny_config(synthetic_data_dir)
   vocab = input_pipeline.load_vocabulary(input_pipeline.dataset_builder(config.dataset))
   batch = {k: v for k, v in input_pipeline.dummy_batch(config, 2).items() if k != "ids"}
 
   def start(config, vocab=vocab):
-    family = families.create_family(config, vocab)
+    family = registry.create_family(config, vocab)
     init, optimizer, plateau = trainer.make_initializer(family, config, 10, batch)
     return trainer.load_pretrained(init(jax.random.PRNGKey(7), batch), config, optimizer,
                                    plateau, vocab=vocab)

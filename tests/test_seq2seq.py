@@ -1,4 +1,5 @@
-"""Tests of the sequence-to-sequence family: loss, greedy and beam decoding (hme_jax/seq2seq.py)."""
+"""Tests of the sequence-to-sequence family: loss, greedy and beam decoding
+(hme_jax/families/seq2seq.py)."""
 
 import functools
 import itertools
@@ -13,9 +14,9 @@ import optax
 import pytest
 from configs import default
 
-from hme_jax import families, seq2seq
-from hme_jax.seq2seq import LEFT_TO_RIGHT, RIGHT_TO_LEFT
-from hme_jax.vocab import Vocabulary
+from hme_jax.families import registry, seq2seq
+from hme_jax.families.seq2seq import LEFT_TO_RIGHT, RIGHT_TO_LEFT
+from hme_jax.text.vocab import Vocabulary
 
 TOKENS = ("a", "b", "c", "d", "e")   # ids 1..5; <sos> = 6, <eos> = 7
 MAX_LENGTH = 8
@@ -140,8 +141,8 @@ def test_loss_counts_real_samples_and_tokens(family, variables, batch):
   inputs, targets, mask = seq2seq.bidirectional_targets(
       jnp.asarray(batch["labels"]), jnp.asarray(batch["label_lengths"]), family.sos_id,
       family.eos_id)
-  logits = jax.jit(family.model.apply)(variables, families.images_to_float(batch["images"]), batch["image_widths"],
-                                       inputs)
+  logits = jax.jit(family.model.apply)(variables, registry.images_to_float(batch["images"]),
+                                       batch["image_widths"], inputs)
   nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
   per_sample = [float(jnp.sum(nll[i] * mask[i]) / jnp.sum(mask[i])) for i in range(2)]
   np.testing.assert_allclose(loss, np.mean(per_sample), rtol=1e-5)

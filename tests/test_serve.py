@@ -1,4 +1,4 @@
-"""Tests of the web app's API (hme_jax/serve.py) through Starlette's TestClient.
+"""Tests of the web app's API (hme_jax/infer/serve.py) through Starlette's TestClient.
 
 Most tests serve a fake recogniser whose answer encodes the image it was given
 (its height and width), so a mixed-up answer shows; the last ones serve the real
@@ -32,8 +32,8 @@ with warnings.catch_warnings():
   warnings.filterwarnings("ignore", message=".*httpx2.*")
   from starlette.testclient import TestClient  # noqa: E402
 
-from hme_jax import predict  # noqa: E402
-from hme_jax import serve  # noqa: E402
+from hme_jax.infer import predict  # noqa: E402
+from hme_jax.infer import serve  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -385,7 +385,7 @@ _FAKE_SERVER = """
 import sys
 sys.path.insert(0, {tests!r})
 from test_serve import FakeRecognizer
-from hme_jax import serve
+from hme_jax.infer import serve
 loads = []
 def load(workdir, **kwargs):
   loads.append((workdir, kwargs))
@@ -477,7 +477,7 @@ def test_hme_serve_command_prints_its_address_and_serves(workdir):
   httpx = pytest.importorskip("httpx")
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   process = subprocess.Popen(
-      [sys.executable, "-m", "hme_jax.serve", "--workdir", str(workdir), "--port", "0",
+      [sys.executable, "-m", "hme_jax.infer.serve", "--workdir", str(workdir), "--port", "0",
        "--decoder", "greedy"],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
   try:

@@ -30,7 +30,7 @@ pytest.importorskip("uvicorn")
 
 import ml_collections  # noqa: E402
 
-from hme_jax import predict, serve  # noqa: E402
+from hme_jax.infer import predict, serve  # noqa: E402
 
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tfds_crohme
-from hme_jax.vocab import Vocabulary
+from hme_jax.text.vocab import Vocabulary
 from tfds_crohme.crohme import comer_archive
 from tfds_crohme.crohme_synthetic import grammar
 from tfds_crohme.crohme_synthetic import render

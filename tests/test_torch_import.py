@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from hme_jax.models import create_crnn
 from hme_jax.models import backbones, crnn, torch_import
+from hme_jax.models import create_crnn
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 32, 64

@@ -12,15 +12,20 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, tiny_config
 
-from hme_jax import checkpoints, evaluation, families, input_pipeline, saved_model, trainer
-from hme_jax.vocab import Vocabulary
+from hme_jax import sharding
+from hme_jax.data import input_pipeline
+from hme_jax.eval import decode
+from hme_jax.families import registry
+from hme_jax.infer import saved_model
+from hme_jax.text.vocab import Vocabulary
+from hme_jax.train import checkpoints, trainer
 
 
 def test_loss_and_gradients_stay_finite_with_infeasible_samples():
   config = tiny_config("unused")
   config.model.width_downsample = 4
   vocab = Vocabulary(tuple("abcdefgh"))
-  family = families.CTCFamily(config.model, vocab)
+  family = registry.CTCFamily(config.model, vocab)
   batch_size, width = 4, 64  # 16 CTC frames per image
   batch = {
       "images": np.random.default_rng(0).integers(0, 255, (batch_size, 32, width, 1)).astype(np.uint8),
@@ -57,7 +62,7 @@ def test_a_small_model_overfits_a_handful_of_samples(synthetic_data_dir):
   records = [source[i] for i in short]
   batch = next(iter(input_pipeline.eval_dataset(config, records, vocab, batch_size=8)))
   batch = {k: v for k, v in batch.items() if k != "ids"}
-  family = families.CTCFamily(config.model, vocab)
+  family = registry.CTCFamily(config.model, vocab)
   state, optimizer, _ = trainer.create_train_state(family, config, 100, batch, jax.random.PRNGKey(0))
   step = jax.jit(lambda s, b: trainer.train_step(family, optimizer, s, b, jax.random.PRNGKey(1)))
   for _ in range(400):
@@ -75,12 +80,15 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import Mesh
     from conftest import tiny_config, tiny_attention_config
-    from hme_jax import evaluation, families, trainer
-    from hme_jax.vocab import Vocabulary
+    from hme_jax import sharding
+    from hme_jax.eval import decode
+    from hme_jax.families import registry
+    from hme_jax.text.vocab import Vocabulary
+    from hme_jax.train import trainer
     assert jax.device_count() == 4
     config = tiny_attention_config("unused") if sys.argv[1] == "attention" else tiny_config("unused")
     vocab = Vocabulary(tuple("abcdefgh"))
-    family = families.create_family(config, vocab)
+    family = registry.create_family(config, vocab)
     rng = np.random.default_rng(0)
     batch = {"images": rng.integers(0, 255, (8, 32, 128, 1)).astype(np.uint8),
              "image_widths": rng.integers(40, 128, 8).astype(np.int32),
@@ -94,7 +102,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
       state, optimizer, _ = trainer.create_train_state(family, config, 10, batch, jax.random.PRNGKey(0))
       state = jax.device_put(state, replicated)
       step = jax.jit(lambda s, b: trainer.train_step(family, optimizer, s, b, jax.random.PRNGKey(1)))
-      sharded = evaluation.shard_batch(batch, mesh)
+      sharded = sharding.shard_batch(batch, mesh)
       assert len(sharded["images"].sharding.device_set) == len(devices)
       for _ in range(2):
         state, sums = step(state, sharded)
@@ -277,21 +285,21 @@ def test_evaluation_warm_up_compiles_the_beam_search_of_every_bucket_width(synth
   config = tiny_config(synthetic_data_dir)
   config.eval.update(decoder="beam", beam_width=3)
   assert not config.input.canvases and len(config.input.bucket_widths) > 1
-  family = families.create_family(config, Vocabulary(tuple("abcdefgh")))
-  mesh = evaluation.make_mesh()
+  family = registry.create_family(config, Vocabulary(tuple("abcdefgh")))
+  mesh = sharding.make_mesh()
   inputs = {k: v for k, v in input_pipeline.dummy_batch(config, 2).items() if k != "ids"}
   abstract_variables = jax.eval_shape(family.init, jax.random.PRNGKey(0), inputs)
-  before = evaluation.beam_step._cache_size()
+  before = decode.beam_step._cache_size()
   trainer.warm_up_evaluation(family, abstract_variables, config, mesh, beam=True)
-  assert evaluation.beam_step._cache_size() == before + len(config.input.bucket_widths)
+  assert decode.beam_step._cache_size() == before + len(config.input.bucket_widths)
 
   variables = family.init(jax.random.PRNGKey(0), inputs)
-  batch_size = evaluation.eval_batch_size(config.eval.batch_size)
+  batch_size = decode.eval_batch_size(config.eval.batch_size)
   spec = input_pipeline.batch_spec(batch_size, (config.input.height, config.input.bucket_widths[1], 7))
-  batch = evaluation.shard_batch({k: np.ones(v.shape, v.dtype) for k, v in spec.items()}, mesh)
-  evaluation.beam_step(family, variables, {k: batch[k] for k in evaluation.IMAGE_KEYS},
-                       config.eval.beam_width, config.eval.max_length, config.eval.well_formed)
-  assert evaluation.beam_step._cache_size() == before + len(config.input.bucket_widths)
+  batch = sharding.shard_batch({k: np.ones(v.shape, v.dtype) for k, v in spec.items()}, mesh)
+  decode.beam_step(family, variables, {k: batch[k] for k in decode.IMAGE_KEYS},
+                   config.eval.beam_width, config.eval.max_length, config.eval.well_formed)
+  assert decode.beam_step._cache_size() == before + len(config.input.bucket_widths)
 
 
 def test_with_canvases_the_warm_up_compiles_every_validation_and_beam_program(synthetic_data_dir):
@@ -302,22 +310,22 @@ def test_with_canvases_the_warm_up_compiles_every_validation_and_beam_program(sy
   config.input.canvases = ((height, max_width // 3, 16), (height, max_width, 64))
   builder = input_pipeline.dataset_builder(config.dataset)
   vocab = input_pipeline.load_vocabulary(builder)
-  family = families.create_family(config, vocab)
-  mesh = evaluation.make_mesh()
+  family = registry.create_family(config, vocab)
+  mesh = sharding.make_mesh()
   inputs = {k: v for k, v in input_pipeline.dummy_batch(config, 2).items() if k != "ids"}
   abstract_variables = jax.eval_shape(family.init, jax.random.PRNGKey(0), inputs)
-  eval_before, beam_before = evaluation.eval_step._cache_size(), evaluation.beam_step._cache_size()
+  eval_before, beam_before = decode.eval_step._cache_size(), decode.beam_step._cache_size()
   trainer.warm_up_evaluation(family, abstract_variables, config, mesh, beam=True)
-  assert evaluation.eval_step._cache_size() == eval_before + 2
-  assert evaluation.beam_step._cache_size() == beam_before + 2
+  assert decode.eval_step._cache_size() == eval_before + 2
+  assert decode.beam_step._cache_size() == beam_before + 2
 
   variables = family.init(jax.random.PRNGKey(0), inputs)
   batches = list(input_pipeline.eval_dataset(
       config, input_pipeline.data_source(builder, config.dataset.eval_split), vocab,
-      batch_size=evaluation.eval_batch_size(config.eval.batch_size)))
+      batch_size=decode.eval_batch_size(config.eval.batch_size)))
   assert {batch["images"].shape[1:3] + batch["labels"].shape[1:] for batch in batches} == {
       canvas for canvas in config.input.canvases}
   for decoder in ("greedy", "beam"):
-    evaluation.decode_batches(family, variables, batches, mesh, decoder=decoder, beam_width=3)
-  assert evaluation.eval_step._cache_size() == eval_before + 2
-  assert evaluation.beam_step._cache_size() == beam_before + 2
+    decode.decode_batches(family, variables, batches, mesh, decoder=decoder, beam_width=3)
+  assert decode.eval_step._cache_size() == eval_before + 2
+  assert decode.beam_step._cache_size() == beam_before + 2

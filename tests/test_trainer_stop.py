@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import REPO_ROOT
-from hme_jax import checkpoints
+from hme_jax.train import checkpoints
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ under the key ``"vocab"`` of a `tfds.core.MetadataDict`; TFDS writes it as
 ``metadata.json`` beside ``dataset_info.json`` and restores it whenever the
 builder is loaded from disk, so the vocabulary travels with the prepared data.
 The format is plain JSON so that this package needs nothing of the model
-library; ``hme_jax.vocab.Vocabulary.from_json`` reads it.
+library; ``hme_jax.text.vocab.Vocabulary.from_json`` reads it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import Iterable
 import tensorflow_datasets as tfds
 
 METADATA_KEY = "vocab"
-FORMAT = "hme_jax.vocab/v1"  # the vocabulary file format (hme_jax.vocab.FORMAT)
-BLANK = "<blank>"            # the CTC blank, never a caption token (hme_jax.vocab.BLANK)
+FORMAT = "hme_jax.vocab/v1"  # the vocabulary file format (hme_jax.text.vocab.FORMAT)
+BLANK = "<blank>"            # the CTC blank, never a caption token (hme_jax.text.vocab.BLANK)
 
 
 def vocabulary_json(train_captions: Iterable[str]) -> dict:
@@ -44,7 +44,7 @@ def load_vocabulary(builder_or_info: tfds.core.DatasetBuilder | tfds.core.Datase
   Example::
 
     builder = tfds.builder("crohme", data_dir=data_dir)
-    vocabulary = hme_jax.vocab.Vocabulary.from_json(tfds_crohme.load_vocabulary(builder))
+    vocabulary = hme_jax.text.vocab.Vocabulary.from_json(tfds_crohme.load_vocabulary(builder))
 
   Raises:
     ValueError: if the dataset was not prepared by these builders (or not

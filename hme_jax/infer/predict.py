@@ -1,7 +1,7 @@
 """Reads LaTeX off images people actually have.
 
-  python -m hme_jax.predict IMAGE...                  # the model shipped in the package
-  python -m hme_jax.predict --workdir DIR IMAGE... [--json] [--render out.png]
+  python -m hme_jax.infer.predict IMAGE...                  # the model shipped in the package
+  python -m hme_jax.infer.predict --workdir DIR IMAGE... [--json] [--render out.png]
 
 PNG/JPEG/BMP (anything Pillow decodes), any size, colour or greyscale, dark
 ink on light paper or the reverse, photographed, scanned or drawn: the paper,
@@ -24,7 +24,8 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from hme_jax import input_pipeline, preprocessing, saved_model
+from hme_jax.data import input_pipeline, preprocessing
+from hme_jax.infer import saved_model
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -130,7 +131,7 @@ class Recognizer:
   def from_workdir(cls, workdir: str, *, checkpoint: str = "best", decoder: str | None = None,
                    beam_width: int | None = None,
                    well_formed: bool | None = None) -> "Recognizer":
-    """A work dir's checkpoint, or an exported model directory (``hme_jax.saved_model``)."""
+    """A work dir's checkpoint, or an exported model directory (``hme_jax.infer.saved_model``)."""
     return cls(saved_model.LoadedModel(workdir, checkpoint), decoder, beam_width, well_formed)
 
   @classmethod
@@ -201,7 +202,7 @@ def render(path: str, images: list[np.ndarray], latex_strings: list[str]) -> Non
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  from hme_jax import latex
+  from hme_jax.text import latex
 
   rows = len(images)
   figure, axes = plt.subplots(rows, 2, figsize=(10, 1.6 * rows), squeeze=False)
@@ -236,7 +237,7 @@ def show_inputs(path: str, images: list[np.ndarray], gap: int = 4) -> None:
 
 def main(argv=None) -> int:
   import argparse
-  parser = argparse.ArgumentParser(prog="python -m hme_jax.predict", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m hme_jax.infer.predict", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", default="",
                       help="Work dir (or exported model) of a trained model; default: the model "

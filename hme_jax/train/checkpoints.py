@@ -20,7 +20,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from hme_jax.vocab import Vocabulary
+from hme_jax.text.vocab import Vocabulary
 
 BEST_METRIC = "exprate"
 CHECKPOINT_DIR = "checkpoints"

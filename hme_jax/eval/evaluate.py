@@ -1,6 +1,6 @@
 """Evaluates a trained work dir on test splits.
 
-  python -m hme_jax.evaluate [--workdir DIR] [--checkpoint best|latest|STEP]
+  python -m hme_jax.eval.evaluate [--workdir DIR] [--checkpoint best|latest|STEP]
       [--splits 2014,2016,2019] [--decoder greedy|beam] [--beam_width 10]
 
 Restores the Orbax checkpoint with the config and vocabulary saved in it,
@@ -22,9 +22,12 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from hme_jax import checkpoints as checkpoints_lib
-from hme_jax import evaluation, families, input_pipeline, metrics
-from hme_jax import saved_model
+from hme_jax import sharding
+from hme_jax.data import input_pipeline
+from hme_jax.eval import decode, metrics
+from hme_jax.families import registry
+from hme_jax.infer import saved_model
+from hme_jax.train import checkpoints as checkpoints_lib
 
 
 def evaluate(workdir: str, *, checkpoint: str = "best", splits: list[str] | None = None,
@@ -43,7 +46,7 @@ def evaluate(workdir: str, *, checkpoint: str = "best", splits: list[str] | None
   available = set(builder.info.splits)
   if not splits:
     splits = [s for s in config.dataset.test_splits if s in available]
-  batch_size = evaluation.eval_batch_size(batch_size or config.eval.batch_size)
+  batch_size = decode.eval_batch_size(batch_size or config.eval.batch_size)
   if not output_dir:  # an exported model's directory may be inside the installed package
     output_dir = (os.path.join("eval", os.path.basename(model.workdir))
                   if model.is_export else os.path.join(model.workdir, "eval"))
@@ -62,8 +65,8 @@ def evaluate(workdir: str, *, checkpoint: str = "best", splits: list[str] | None
                                   max_length=config.eval.max_length,
                                   well_formed=well_formed)
     seconds = time.time() - start
-    table = evaluation.summarize(predictions)
-    analysis = evaluation.error_analysis(predictions)
+    table = decode.summarize(predictions)
+    analysis = decode.error_analysis(predictions)
     report["splits"][split] = {"raw": table["all"]["raw"], "cleaned": table["all"]["clean"],
                                "length_split": table, **analysis, "seconds": seconds,
                                "samples_per_second": len(predictions) / max(seconds, 1e-9)}
@@ -88,7 +91,7 @@ def report_path(output_dir: str, checkpoint: str, decoder: str, well_formed: boo
                       else f"report_{tag}.json")
 
 
-def write_tsv(path: str, predictions: list[evaluation.Prediction]) -> None:
+def write_tsv(path: str, predictions: list[decode.Prediction]) -> None:
   with open(path, "w", newline="") as f:
     writer = csv.writer(f, delimiter="\t", lineterminator="\n")
     writer.writerow(["id", "reference", "prediction", "errors"])
@@ -100,7 +103,7 @@ def write_tsv(path: str, predictions: list[evaluation.Prediction]) -> None:
 def compute_logits(workdir: str, split: str, max_samples: int = 0, checkpoint: str = "best"):
   """CTC logits of a split, for benchmarks: a list of ``(logits [B, T, C], frame_paddings [B, T])``."""
   model = saved_model.LoadedModel(workdir, checkpoint, compute_dtype="float32")
-  if not isinstance(model.family, families.CTCFamily):
+  if not isinstance(model.family, registry.CTCFamily):
     raise ValueError(f"{workdir} holds a {model.config.model.name} model; logits need a CTC model.")
   builder = input_pipeline.dataset_builder(model.config.dataset)
   dataset = input_pipeline.eval_dataset(model.config, input_pipeline.data_source(builder, split),
@@ -109,8 +112,8 @@ def compute_logits(workdir: str, split: str, max_samples: int = 0, checkpoint: s
   outputs = []
   for host_batch in dataset:
     mask = host_batch["sample_mask"] > 0
-    logits, paddings = evaluation.gather(
-        logits_fn(model.variables, evaluation.shard_batch(host_batch, model.mesh)))
+    logits, paddings = sharding.gather(
+        logits_fn(model.variables, sharding.shard_batch(host_batch, model.mesh)))
     outputs.append((np.asarray(logits[mask], np.float32), np.asarray(paddings[mask], np.float32)))
   return outputs
 

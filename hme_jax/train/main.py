@@ -9,7 +9,7 @@ Re-running the same command resumes from the latest checkpoint in the work dir.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hme_jax import trainer
+from hme_jax.train import trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

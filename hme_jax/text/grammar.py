@@ -10,7 +10,7 @@ as the closer of that root index; ``\\{`` / ``\\}`` are ordinary tokens.
 
 The grammar is a stack automaton read one token at a time, defined once by
 ``rule``: ``is_well_formed`` and ``parse`` run it in Python, and the beam
-search's constraint (``hme_jax.decoding.LatexGrammar``) runs the same rules as
+search's constraint (``hme_jax.families.ctc_decoding.LatexGrammar``) runs the same rules as
 the arrays ``ALLOWED``, ``ACTION`` and ``NEXT_PENDING`` made from it. A prefix
 the automaton accepts can always be completed, so prefix acceptance is exactly
 "some well-formed expression starts with it".

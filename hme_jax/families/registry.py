@@ -1,7 +1,7 @@
 """Model families: what the trainer, ``evaluate`` and ``predict`` need of a model.
 
 A family wraps a Flax module with pure functions of ``(params or variables,
-batch)`` (see ``hme_jax.input_pipeline`` for the batch layout):
+batch)`` (see ``hme_jax.data.input_pipeline`` for the batch layout):
 
   init(rng, batch) -> variables
   loss(params, extra_variables, batch, rng, train) -> (mean loss, (metric sums, new extra variables))
@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from hme_jax import ctc, decoding, models, seq2seq
-from hme_jax.preprocessing import images_to_float
-from hme_jax.vocab import Vocabulary
+from hme_jax import ctc, models
+from hme_jax.families import ctc_decoding, seq2seq
+from hme_jax.models import images_to_float
+from hme_jax.text.vocab import Vocabulary
 
 
 def label_paddings(labels: jax.Array, label_lengths: jax.Array) -> jax.Array:
@@ -46,7 +47,7 @@ class CTCFamily:
     self.vocab = vocab
     self.num_classes = len(vocab)
     self.model = self.create_model(model_config, self.num_classes, dtype)
-    self.grammar = decoding.LatexGrammar.from_vocab(vocab)
+    self.grammar = ctc_decoding.LatexGrammar.from_vocab(vocab)
 
   create_model = staticmethod(models.create_crnn)  # (model_config, num_classes, dtype) -> module
 
@@ -98,13 +99,13 @@ class CTCFamily:
 
   def greedy(self, variables: dict, batch):
     logits, frame_paddings = self.logits(variables, batch)
-    return decoding.greedy_decode(logits, frame_paddings, blank_id=self.vocab.blank_id)
+    return ctc_decoding.greedy_decode(logits, frame_paddings, blank_id=self.vocab.blank_id)
 
   def beam(self, variables: dict, batch, beam_width: int, max_length: int,
            well_formed: bool = False):
     """``max_length`` 0 means one token per frame, the most CTC can emit."""
     logits, frame_paddings = self.logits(variables, batch)
-    return decoding.beam_search(
+    return ctc_decoding.beam_search(
         logits, frame_paddings, beam_width=beam_width,
         max_output_length=max_length or logits.shape[1], blank_id=self.vocab.blank_id,
         grammar=self.grammar if well_formed else None)
@@ -125,7 +126,8 @@ def family_class(model_config: ml_collections.ConfigDict) -> type:
   """The registered family of ``model_config.name``; a clear error for an unknown name."""
   if model_config.name not in FAMILIES:
     raise ValueError(f"Unknown config.model.name {model_config.name!r}; registered model "
-                     f"families: {sorted(FAMILIES)} (hme_jax.families.register_family adds one).")
+                     f"families: {sorted(FAMILIES)} "
+                     "(hme_jax.families.registry.register_family adds one).")
   return FAMILIES[model_config.name]
 
 

@@ -9,7 +9,7 @@ CPU, GPU and TPU):
   ``lax.scan`` over frames and ``vmap`` over the batch.
 * ``LatexGrammar``: an optional constraint for ``beam_search`` that keeps only
   prefixes of well-formed LaTeX in the CROHME token convention: the rules of
-  ``hme_jax.grammar`` (those of ``latex.is_well_formed``) as arrays.
+  ``hme_jax.text.grammar`` (those of ``latex.is_well_formed``) as arrays.
 * ``parse`` / ``well_formed``: the same constraint over given sequences.
 * ``best_hypotheses``: arrays -> Python lists of token ids.
 
@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hme_jax import grammar as grammar_lib
-from hme_jax.vocab import Vocabulary
+from hme_jax.text import grammar as grammar_lib
+from hme_jax.text.vocab import Vocabulary
 
 # --- greedy ------------------------------------------------------------------
 
@@ -69,7 +69,7 @@ def _compact(values: jax.Array, keep: jax.Array, length: int):
   return out, jnp.sum(keep, axis=-1).astype(jnp.int32)
 
 
-# --- the well-formed LaTeX constraint: hme_jax.grammar's rule arrays ----------
+# --- the well-formed LaTeX constraint: hme_jax.text.grammar's rule arrays ----------
 
 
 @flax.struct.dataclass
@@ -164,7 +164,7 @@ def parse(grammar: LatexGrammar, tokens: jax.Array, lengths: jax.Array):
     ``(prefix_kept [B, L], complete [B])`` bool: ``prefix_kept[b, i]``, whether
     the beam search keeps the prefix ``tokens[b, :i + 1]`` (past ``lengths[b]``:
     the value of the whole row); ``complete``, whether the whole row is
-    well-formed (``hme_jax.grammar.is_well_formed``, within ``max_depth``).
+    well-formed (``hme_jax.text.grammar.is_well_formed``, within ``max_depth``).
   """
   batch, _ = tokens.shape
   categories = grammar.categories[tokens]                                   # [B, L]

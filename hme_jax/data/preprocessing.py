@@ -17,22 +17,12 @@ from __future__ import annotations
 import dataclasses
 
 import cv2
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from hme_jax import paper
+from hme_jax.data import paper
 
 INK_THRESHOLD = 32  # a pixel is ink above this grey level (after polarity fix)
-
-
-def images_to_float(images) -> jax.Array:
-  """``uint8 [B, H, W, 1]`` (or float already in [0, 1]) -> float32 in [0, 1], the models' input."""
-  images = jnp.asarray(images)
-  if images.dtype == jnp.uint8:
-    return images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32)
 
 
 def to_white_on_black(image: np.ndarray) -> np.ndarray:

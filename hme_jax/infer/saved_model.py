@@ -13,7 +13,7 @@ that a test can check that the shipped files still reproduce them.
 ``LoadedModel(path)`` takes either kind of directory; ``export_model`` writes
 the second from the first.
 
-  python -m hme_jax.saved_model --workdir workdirs/crohme_cpu --output hme_jax/pretrained/crohme_cpu
+  python -m hme_jax.infer.saved_model --workdir workdirs/crohme_cpu --output hme_jax/pretrained/crohme_cpu
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hme_jax import checkpoints as checkpoints_lib
-from hme_jax import evaluation, families, input_pipeline
-from hme_jax.vocab import Vocabulary
+from hme_jax import sharding as sharding_lib
+from hme_jax.data import input_pipeline
+from hme_jax.eval import decode
+from hme_jax.families import registry
+from hme_jax.text.vocab import Vocabulary
+from hme_jax.train import checkpoints as checkpoints_lib
 
 EXPORT_FORMAT = "hme-jax-params-v1"
 MODEL_FILE = "model.json"
@@ -69,7 +72,7 @@ class LoadedModel:
     self.workdir = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(self.workdir):
       raise checkpoints_lib.NoCheckpointError(f"The work dir {path!r} does not exist.")
-    self.mesh = evaluation.make_mesh()
+    self.mesh = sharding_lib.make_mesh()
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self.is_export = is_export(self.workdir)
     if self.is_export:
@@ -88,9 +91,9 @@ class LoadedModel:
       self.step = checkpoints.resolve(checkpoint)
       self.scores = {}
       self.config, self.vocab = checkpoints.config_and_vocab(self.step)
-    evaluation.use_compilation_cache(self.config.train.get("compilation_cache_dir", ""))
-    dtype = evaluation.to_jnp_dtype(compute_dtype or self.config.train.compute_dtype)
-    self.family = families.create_family(self.config, self.vocab, dtype)
+    sharding_lib.use_compilation_cache(self.config.train.get("compilation_cache_dir", ""))
+    dtype = sharding_lib.to_jnp_dtype(compute_dtype or self.config.train.compute_dtype)
+    self.family = registry.create_family(self.config, self.vocab, dtype)
     abstract = _abstract_variables(self.family, self.config, replicated)
     if self.is_export:
       self.variables = _read_params(os.path.join(self.workdir, PARAMS_FILE), abstract)
@@ -99,7 +102,7 @@ class LoadedModel:
       checkpoints.close()
 
   def decode(self, batches, **kwargs):
-    return evaluation.decode_batches(self.family, self.variables, batches, self.mesh, **kwargs)
+    return decode.decode_batches(self.family, self.variables, batches, self.mesh, **kwargs)
 
 
 def _read_params(path: str, abstract: dict) -> dict:
@@ -164,7 +167,7 @@ def write_scores(export_dir: str, scores: dict) -> None:
 
 def main(argv=None) -> int:
   import argparse
-  parser = argparse.ArgumentParser(prog="python -m hme_jax.saved_model",
+  parser = argparse.ArgumentParser(prog="python -m hme_jax.infer.saved_model",
                                    description="Export a trained work dir as a params-only model.")
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--output", required=True, help="Directory to write the model into.")

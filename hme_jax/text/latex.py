@@ -19,7 +19,7 @@ import dataclasses
 import functools
 from collections.abc import Iterable, Sequence
 
-from hme_jax import grammar
+from hme_jax.text import grammar
 
 # The 109 token names of the CROHME training captions (a naming convention; the
 # normaliser writes exactly these spellings).
@@ -521,7 +521,7 @@ def is_well_formed(tokens: Sequence[str]) -> bool:
   Braces balance; every ``{`` opens a non-empty group owned by ``^``, ``_``,
   ``\\frac`` (exactly two groups) or ``\\sqrt`` (``\\sqrt { .. }`` or
   ``\\sqrt [ .. ] { .. }`` with a non-empty index). The rules are
-  ``hme_jax.grammar``'s, which the beam search's well-formed constraint applies too.
+  ``hme_jax.text.grammar``'s, which the beam search's well-formed constraint applies too.
   """
   return grammar.is_well_formed(tokens)
 

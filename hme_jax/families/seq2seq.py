@@ -40,9 +40,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from hme_jax.models import images_to_float
 from hme_jax.models.attention import create_attention_model
-from hme_jax.preprocessing import images_to_float
-from hme_jax.vocab import Vocabulary
+from hme_jax.text.vocab import Vocabulary
 
 SPECIALS = ("<sos>", "<eos>")
 LEFT_TO_RIGHT, RIGHT_TO_LEFT = 0, 1

@@ -36,8 +36,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hme_jax import ctc, families, preprocessing
-from hme_jax.vocab import Vocabulary
+from hme_jax import ctc
+from hme_jax.data import preprocessing
+from hme_jax.families import registry
+from hme_jax.text.vocab import Vocabulary
 
 MIN_LABEL_BUCKET = 16
 
@@ -270,7 +272,7 @@ def per_process_batch_size(global_batch_size: int) -> int:
 
 def ctc_width_downsample(config) -> int | None:
   """Image columns per CTC frame of the config's model family (None: no CTC constraint)."""
-  return families.ctc_frame_stride(config)
+  return registry.ctc_frame_stride(config)
 
 
 def check_shapes(config) -> BatchShapes:

@@ -16,7 +16,7 @@ serves, on 127.0.0.1 unless told otherwise:
                          model read; + ``"svg"`` with ``?render=svg``);
                          errors: 4xx/5xx ``{"error": "<what is wrong>"}``
 
-Images go through ``hme_jax.predict.load_image`` (decoded, never trusted by name
+Images go through ``hme_jax.infer.predict.load_image`` (decoded, never trusted by name
 or extension; pixel-count limit) and ``Recognizer.recognize`` (the normalisation
 of ``preprocessing.normalise``: paper, light, polarity, crop, scale, pen; then
 resizing): the same code path as the ``predict`` CLI, and the page shows the
@@ -60,7 +60,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from hme_jax import predict, saved_model
+from hme_jax.infer import predict, saved_model
 
 STATIC_DIR = pathlib.Path(__file__).with_name("static")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 
 
 class Recognizes(Protocol):
-  """What the server needs of a recogniser (``hme_jax.predict.Recognizer``)."""
+  """What the server needs of a recogniser (``hme_jax.infer.predict.Recognizer``)."""
 
   def recognize(self, images: list[np.ndarray]) -> list[Any]:
     """``images``: uint8 ``[H, W]`` each -> objects with ``latex`` and ``alternatives`` (and,
@@ -299,9 +299,9 @@ class FormulaRenderer:
   def mathtext(latex: str) -> str:
     tokens = latex.split()
     try:
-      from hme_jax.latex import to_mathtext  # pylint: disable=import-outside-toplevel
+      from hme_jax.text.latex import to_mathtext  # pylint: disable=import-outside-toplevel
     except ModuleNotFoundError as error:
-      if error.name != "hme_jax.latex":
+      if error.name != "hme_jax.text.latex":
         raise
       text = " ".join(tokens)
     else:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from hme_jax import latex
+from hme_jax.text import latex
 
 Tokens = Sequence[str] | str
 

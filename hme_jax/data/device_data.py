@@ -27,8 +27,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hme_jax import ctc, input_pipeline, preprocessing
-from hme_jax.vocab import Vocabulary
+from hme_jax import ctc
+from hme_jax.data import input_pipeline, preprocessing
+from hme_jax.text.vocab import Vocabulary
 
 # Per sample, as stored on the device (``images`` is ``uint8 [N, H, W, 1]``).
 GROUP_KEYS = ("images", "image_heights", "image_widths", "labels", "label_lengths", "min_frames")

@@ -116,7 +116,7 @@ class Vocabulary:
         raise UnknownTokenError(
             f"Unknown token {token!r}{where} (position {position}). The vocabulary "
             f"holds the {self.num_tokens} tokens of the training captions; normalise "
-            "the LaTeX with hme_jax.latex.normalize() or rebuild the vocabulary "
+            "the LaTeX with hme_jax.text.latex.normalize() or rebuild the vocabulary "
             "from data that contains this token.")
       ids[position] = index
     return ids

@@ -32,9 +32,12 @@ import optax
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hme_jax import checkpoints as checkpoints_lib
-from hme_jax import device_data, evaluation, families, input_pipeline
-from hme_jax.vocab import Vocabulary
+from hme_jax import sharding as sharding_lib
+from hme_jax.data import device_data, input_pipeline
+from hme_jax.eval import decode
+from hme_jax.families import registry
+from hme_jax.text.vocab import Vocabulary
+from hme_jax.train import checkpoints as checkpoints_lib
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -166,7 +169,7 @@ def load_pretrained(state: TrainState, config: ml_collections.ConfigDict, optimi
 def _trained_variables(init_from: str, like: dict, vocab: Vocabulary | None) -> dict:
   """The variables of a trained model (export, work dir or ``"bundled"``), checked against
   the model being trained (``like``) and its training vocabulary (if given)."""
-  from hme_jax import saved_model  # reads exports; only for fine-tuning
+  from hme_jax.infer import saved_model  # reads exports; only for fine-tuning
   path = saved_model.pretrained_path() if init_from == "bundled" else init_from
   source = saved_model.LoadedModel(path, compute_dtype="float32")
   where = f"config.train.init_from={init_from!r}"
@@ -289,8 +292,8 @@ def _check_finite(value: float, step: int, workdir: str) -> None:
 
 def validate(family, variables: dict, eval_data, mesh) -> dict[str, float]:
   """Loss, ExpRate and token error rate of the eval batches (greedy decoding)."""
-  predictions, loss_sums = evaluation.decode_batches(family, variables, eval_data, mesh)
-  summary = evaluation.summarize(predictions)["all"]["raw"]
+  predictions, loss_sums = decode.decode_batches(family, variables, eval_data, mesh)
+  summary = decode.summarize(predictions)["all"]["raw"]
   return {
       "loss": loss_sums.get("loss_sum", 0.0) / max(loss_sums.get("samples", 0.0), 1.0),
       "exprate": summary["exprate"],
@@ -375,7 +378,7 @@ class TrainFeed:
     wait_start = time.time()
     batch = next(self.iterator)
     waited = time.time() - wait_start
-    inputs = evaluation.shard_batch(batch, self.mesh)  # global shapes, agreed by the processes
+    inputs = sharding_lib.shard_batch(batch, self.mesh)  # global shapes, agreed by the processes
     return batch_key(inputs["images"].shape, inputs["labels"].shape), inputs, waited
 
   def get_state(self) -> dict:
@@ -419,17 +422,17 @@ def warm_up_evaluation(family, abstract_variables, config, mesh, beam: bool) -> 
       if beam and config.input.height else ())
   if not shapes or jax.process_count() > 1:  # processes must run their programs in one order
     return
-  batch_size = evaluation.eval_batch_size(config.eval.batch_size)
+  batch_size = decode.eval_batch_size(config.eval.batch_size)
   variables = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype, device=x.sharding),
                            abstract_variables)
   for shape in shapes:
     spec = input_pipeline.batch_spec(batch_size, shape)
-    batch = evaluation.shard_batch({k: np.zeros(v.shape, v.dtype) for k, v in spec.items()}, mesh)
+    batch = sharding_lib.shard_batch({k: np.zeros(v.shape, v.dtype) for k, v in spec.items()}, mesh)
     if batch_shapes.canvases:
-      jax.block_until_ready(evaluation.eval_step(family, variables, batch))
+      jax.block_until_ready(decode.eval_step(family, variables, batch))
     if beam:
-      images = {key: batch[key] for key in evaluation.IMAGE_KEYS}
-      jax.block_until_ready(evaluation.beam_step(
+      images = {key: batch[key] for key in decode.IMAGE_KEYS}
+      jax.block_until_ready(decode.beam_step(
           family, variables, images, config.eval.beam_width, config.eval.max_length,
           config.eval.well_formed))
 
@@ -456,7 +459,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         process_id=config.process_id if config.process_id >= 0 else None)
   check_batch_size(config.train.batch_size)
   # Absent from configs saved before it existed.
-  evaluation.use_compilation_cache(config.train.get("compilation_cache_dir", ""))
+  sharding_lib.use_compilation_cache(config.train.get("compilation_cache_dir", ""))
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
 
@@ -467,9 +470,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     vocab.save(workdir)
 
-  dtype = evaluation.to_jnp_dtype(config.train.compute_dtype)
-  family = families.create_family(config, vocab, dtype)
-  mesh = evaluation.make_mesh()
+  dtype = sharding_lib.to_jnp_dtype(config.train.compute_dtype)
+  family = registry.create_family(config, vocab, dtype)
+  mesh = sharding_lib.make_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
   train_source = input_pipeline.data_source(builder, config.dataset.train_split)
   eval_source = input_pipeline.data_source(builder, config.dataset.eval_split)
@@ -479,7 +482,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.train.max_steps:
     total_steps = min(total_steps, config.train.max_steps)
   eval_data = input_pipeline.eval_dataset(
-      config, eval_source, vocab, batch_size=evaluation.eval_batch_size(config.eval.batch_size))
+      config, eval_source, vocab, batch_size=decode.eval_batch_size(config.eval.batch_size))
   data_seconds = time.time() - process_start
 
   _say(f"Training {family.describe()} on "
