@@ -109,18 +109,11 @@ def _read_params(path: str, abstract: dict) -> dict:
   """The variables of ``params.msgpack``, checked against the model's shapes, as float32."""
   with open(path, "rb") as f:
     stored = flax.serialization.msgpack_restore(f.read())
-  wanted = flax.serialization.to_state_dict(abstract)
-  flat_stored = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
-  flat_wanted = jax.tree_util.tree_flatten_with_path(wanted)[0]
-  problems = [f"{jax.tree_util.keystr(key)}: missing" for key, _ in flat_wanted
-              if key not in flat_stored]
-  problems += [f"{jax.tree_util.keystr(key)}: stored {np.shape(flat_stored[key])}, model "
-               f"{leaf.shape}" for key, leaf in flat_wanted
-               if key in flat_stored and tuple(np.shape(flat_stored[key])) != tuple(leaf.shape)]
-  if problems or len(flat_stored) != len(flat_wanted):
+  problems = checkpoints_lib.shape_differences(stored, flax.serialization.to_state_dict(abstract))
+  if problems:
     raise checkpoints_lib.CheckpointMismatchError(
         f"{path} does not hold the parameters of the model its {MODEL_FILE} describes ("
-        + "; ".join(problems[:5] or ["extra entries"]) + "). Export the model again.")
+        + "; ".join(problems[:5]) + "). Export the model again.")
   variables = flax.serialization.from_state_dict(
       abstract, jax.tree.map(lambda a: np.asarray(a, np.float32), stored))
   return jax.tree.map(lambda value, leaf: jax.device_put(value.astype(leaf.dtype), leaf.sharding),

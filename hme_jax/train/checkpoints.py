@@ -16,7 +16,9 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
@@ -45,6 +47,18 @@ FIELDS_ADDED_LATER = {
     "model.remat_dense_layers": False,
     "eval.max_length": 0,
 }
+
+
+def shape_differences(found, wanted) -> list[str]:
+  """Where pytree ``found`` differs from ``wanted`` (keys, leaf shapes), one line each."""
+  flat_found = dict(jax.tree_util.tree_flatten_with_path(found)[0])
+  flat_wanted = dict(jax.tree_util.tree_flatten_with_path(wanted)[0])
+  keystr = jax.tree_util.keystr
+  return ([f"{keystr(key)}: missing" for key in flat_wanted if key not in flat_found]
+          + [f"{keystr(key)}: not in the model" for key in flat_found if key not in flat_wanted]
+          + [f"{keystr(key)}: found {np.shape(flat_found[key])}, expected {np.shape(leaf)}"
+             for key, leaf in flat_wanted.items()
+             if key in flat_found and np.shape(flat_found[key]) != np.shape(leaf)])
 
 
 class CheckpointMismatchError(RuntimeError):

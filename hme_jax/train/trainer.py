@@ -178,18 +178,14 @@ def _trained_variables(init_from: str, like: dict, vocab: Vocabulary | None) -> 
         f"{where} was trained on another vocabulary ({len(source.vocab)} tokens, this dataset's "
         f"has {len(vocab)}): fine-tuning needs the same tokens. Train from scratch "
         "(config.train.init_from='') or use the dataset that model was trained on.")
-  wanted = jax.tree_util.tree_flatten_with_path(jax.device_get(like))[0]
-  found = dict(jax.tree_util.tree_flatten_with_path(jax.device_get(source.variables))[0])
-  problems = [f"{jax.tree_util.keystr(key)}: {np.shape(found[key]) if key in found else 'missing'}"
-              f" there, {np.shape(leaf)} here" for key, leaf in wanted
-              if key not in found or np.shape(found[key]) != np.shape(leaf)]
-  if problems or len(found) != len(wanted):
+  found, like = jax.device_get(source.variables), jax.device_get(like)
+  problems = checkpoints_lib.shape_differences(found, like)
+  if problems:
     raise checkpoints_lib.CheckpointMismatchError(
         f"{where} holds another model than config.model describes ("
-        + "; ".join(problems[:4] or ["other variables"]) + "). Use that model's config.model "
+        + "; ".join(problems[:4]) + "). Use that model's config.model "
         "(its model.json or work dir config) or train from scratch.")
-  return jax.tree.map(lambda value, leaf: np.asarray(value, np.asarray(leaf).dtype),
-                      jax.device_get(source.variables), jax.device_get(like))
+  return jax.tree.map(lambda value, leaf: np.asarray(value, np.asarray(leaf).dtype), found, like)
 
 
 def create_train_state(family, config: ml_collections.ConfigDict, steps_per_epoch: int,
