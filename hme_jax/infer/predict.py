@@ -235,17 +235,22 @@ def show_inputs(path: str, images: list[np.ndarray], gap: int = 4) -> None:
 # --- command line ----------------------------------------------------------------
 
 
-def main(argv=None) -> int:
-  import argparse
-  parser = argparse.ArgumentParser(prog="python -m hme_jax.infer.predict", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_arguments(parser) -> None:
+  """The flags that pick a model and its decoder (``predict`` and ``hme-serve``)."""
   parser.add_argument("--workdir", default="",
                       help="Work dir (or exported model) of a trained model; default: the model "
                       "shipped in the package.")
   parser.add_argument("--checkpoint", default="best", help="best | latest | a step number.")
   parser.add_argument("--decoder", default=None, choices=("greedy", "beam"),
                       help="Default: the model's config.eval.decoder.")
-  parser.add_argument("--beam_width", type=int, default=None)
+  parser.add_argument("--beam_width", "--beam-width", type=int, default=None)
+
+
+def main(argv=None) -> int:
+  import argparse
+  parser = argparse.ArgumentParser(prog="python -m hme_jax.infer.predict", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_model_arguments(parser)
   parser.add_argument("--json", action="store_true", help="Print JSON instead of LaTeX lines.")
   parser.add_argument("--render", default="", help="Write a PNG of inputs beside predictions.")
   parser.add_argument("--show-input", "--show_input", default="",

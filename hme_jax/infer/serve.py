@@ -507,13 +507,7 @@ def warmup_image(height: int = 96, width: int = 160) -> np.ndarray:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog="hme-serve", description="Serve the recogniser as a local web page and JSON API.")
-  parser.add_argument("--workdir", default="",
-                      help="Training work dir or exported model (as for hme-predict); default: "
-                      "the model shipped in the package.")
-  parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step.")
-  parser.add_argument("--decoder", default=None, choices=("beam", "greedy"),
-                      help="Default: the model's config.eval.decoder.")
-  parser.add_argument("--beam-width", "--beam_width", type=int, default=None)
+  predict.add_model_arguments(parser)
   parser.add_argument("--host", default="127.0.0.1",
                       help="Address to bind; anything but loopback needs --allow-remote.")
   parser.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port).")
