@@ -134,6 +134,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every_steps = 0   # 0 = only when validating
   config.train.keep_checkpoints = 3         # the latest K; the best by ExpRate is kept too
   config.train.max_steps = 0                # >0 stops early (smoke runs)
+  config.train.steps_per_dispatch = 1       # device-resident feed: up to this many consecutive
+                                            # steps of one batch shape in one program (a loop on
+                                            # the device); changes the data order
   config.train.init_from = ""               # fine-tuning: a trained model's variables to start from
                                             # (exported dir, work dir or "bundled"); same model + vocab
   config.train.max_seconds = 0.0            # >0: training wall-time budget of the work dir

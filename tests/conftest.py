@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny synthetic dataset and a briefly trained work dir."""
 
+import contextlib
+import logging
 import pathlib
 
 import pytest
@@ -9,6 +11,24 @@ CROHME_ZIP = REPO_ROOT.parent / "shared" / "crohme" / "data.zip"
 
 requires_crohme = pytest.mark.skipif(not CROHME_ZIP.exists(),
                                      reason=f"CROHME archive not found at {CROHME_ZIP}")
+
+
+@contextlib.contextmanager
+def compilations(caplog):
+  """Yields a list that, after the block, holds JAX's "Compiling ..." log line of every program
+  compiled inside it, in any thread."""
+  import jax
+  compiled: list[str] = []
+  # Globally: the trainer compiles in threads, which a context manager's setting skips.
+  jax.config.update("jax_log_compiles", True)
+  try:
+    with caplog.at_level(logging.WARNING, logger="jax"):
+      first = len(caplog.records)
+      yield compiled
+      compiled += [record.getMessage() for record in caplog.records[first:]
+                   if record.getMessage().startswith("Compiling")]
+  finally:
+    jax.config.update("jax_log_compiles", False)
 
 
 def tiny_config(data_dir: str):

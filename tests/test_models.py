@@ -253,3 +253,32 @@ def test_frozen_stages_get_no_gradient_and_keep_their_statistics():
     changed = not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(old[name]),
                                                             jax.tree_util.tree_leaves(new[name])))
     assert changed == (name.startswith("layer2") or name.startswith("layer3")), name
+
+
+def primitives_with_inputs(jaxpr) -> list[tuple[str, list[tuple[int, ...]]]]:
+  """``(primitive name, input shapes)`` of every equation, inner jaxprs (scan bodies) included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    found.append((eqn.primitive.name, [tuple(v.aval.shape) for v in eqn.invars]))
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", param)
+      if hasattr(inner, "eqns"):
+        found += primitives_with_inputs(inner)
+  return found
+
+
+def test_the_lstm_initialiser_is_orthogonal_one_qr_at_a_time():
+  # A batched QR runs its matrices as tasks on XLA:CPU's thread pool and waits for them: two
+  # of them at once (two layers' initialisers) deadlocked a 2-thread pool.
+  directions, hidden = 2, 16
+  shape = (directions, hidden, 4 * hidden)
+  key = jax.random.PRNGKey(0)
+  kernel = np.asarray(jax.jit(crnn._recurrent_init, static_argnums=1)(key, shape))
+  for direction in range(directions):
+    for gate in range(4):
+      block = kernel[direction, :, gate * hidden:(gate + 1) * hidden]
+      np.testing.assert_allclose(block @ block.T, np.eye(hidden), atol=1e-5)
+  qrs = [shapes for name, shapes in primitives_with_inputs(
+      jax.make_jaxpr(crnn._recurrent_init, static_argnums=1)(key, shape).jaxpr)
+         if "qr" in name or "householder" in name]
+  assert qrs and all(len(s) == 2 for shapes in qrs for s in shapes), qrs

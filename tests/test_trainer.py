@@ -10,7 +10,8 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, tiny_config
+from jax.sharding import NamedSharding, PartitionSpec
+from conftest import REPO_ROOT, compilations, tiny_config
 
 from hme_jax import sharding
 from hme_jax.data import input_pipeline
@@ -280,7 +281,8 @@ def test_wall_time_budget_stops_validates_and_resumes(tmp_path, synthetic_data_d
   assert final["train_seconds"] > meta["train_seconds"]
 
 
-def test_evaluation_warm_up_compiles_the_beam_search_of_every_bucket_width(synthetic_data_dir):
+def test_evaluation_warm_up_compiles_the_beam_search_of_every_bucket_width(synthetic_data_dir,
+                                                                           caplog):
   """What ``evaluate`` then runs on a batch of any bucket width is already compiled."""
   config = tiny_config(synthetic_data_dir)
   config.eval.update(decoder="beam", beam_width=3)
@@ -289,20 +291,27 @@ def test_evaluation_warm_up_compiles_the_beam_search_of_every_bucket_width(synth
   mesh = sharding.make_mesh()
   inputs = {k: v for k, v in input_pipeline.dummy_batch(config, 2).items() if k != "ids"}
   abstract_variables = jax.eval_shape(family.init, jax.random.PRNGKey(0), inputs)
-  before = decode.beam_step._cache_size()
-  trainer.warm_up_evaluation(family, abstract_variables, config, mesh, beam=True)
-  assert decode.beam_step._cache_size() == before + len(config.input.bucket_widths)
+  with compilations(caplog) as warm_up:
+    trainer.warm_up_evaluation(family, abstract_variables, config, mesh, beam=True)
+  assert sum("beam_step" in m for m in warm_up) == len(config.input.bucket_widths)
 
-  variables = family.init(jax.random.PRNGKey(0), inputs)
+  variables = replicated(family.init(jax.random.PRNGKey(0), inputs), mesh)
   batch_size = decode.eval_batch_size(config.eval.batch_size)
   spec = input_pipeline.batch_spec(batch_size, (config.input.height, config.input.bucket_widths[1], 7))
   batch = sharding.shard_batch({k: np.ones(v.shape, v.dtype) for k, v in spec.items()}, mesh)
-  decode.beam_step(family, variables, {k: batch[k] for k in decode.IMAGE_KEYS},
-                   config.eval.beam_width, config.eval.max_length, config.eval.well_formed)
-  assert decode.beam_step._cache_size() == before + len(config.input.bucket_widths)
+  with compilations(caplog) as decoding:
+    decode.beam_step(family, variables, {k: batch[k] for k in decode.IMAGE_KEYS},
+                     config.eval.beam_width, config.eval.max_length, config.eval.well_formed)
+  assert not [m for m in decoding if "beam_step" in m]
 
 
-def test_with_canvases_the_warm_up_compiles_every_validation_and_beam_program(synthetic_data_dir):
+def replicated(variables, mesh):
+  """``variables`` as the trainer holds them: replicated over ``mesh``."""
+  return jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
+
+
+def test_with_canvases_the_warm_up_compiles_every_validation_and_beam_program(synthetic_data_dir,
+                                                                            caplog):
   """configs/vgg16.py's geometry: validating and beam-decoding a split then compile nothing."""
   config = tiny_config(synthetic_data_dir)
   config.eval.update(decoder="beam", beam_width=3)
@@ -314,18 +323,17 @@ def test_with_canvases_the_warm_up_compiles_every_validation_and_beam_program(sy
   mesh = sharding.make_mesh()
   inputs = {k: v for k, v in input_pipeline.dummy_batch(config, 2).items() if k != "ids"}
   abstract_variables = jax.eval_shape(family.init, jax.random.PRNGKey(0), inputs)
-  eval_before, beam_before = decode.eval_step._cache_size(), decode.beam_step._cache_size()
-  trainer.warm_up_evaluation(family, abstract_variables, config, mesh, beam=True)
-  assert decode.eval_step._cache_size() == eval_before + 2
-  assert decode.beam_step._cache_size() == beam_before + 2
+  with compilations(caplog) as warm_up:
+    trainer.warm_up_evaluation(family, abstract_variables, config, mesh, beam=True)
+  assert sum("eval_step" in m for m in warm_up) == sum("beam_step" in m for m in warm_up) == 2
 
-  variables = family.init(jax.random.PRNGKey(0), inputs)
+  variables = replicated(family.init(jax.random.PRNGKey(0), inputs), mesh)
   batches = list(input_pipeline.eval_dataset(
       config, input_pipeline.data_source(builder, config.dataset.eval_split), vocab,
       batch_size=decode.eval_batch_size(config.eval.batch_size)))
   assert {batch["images"].shape[1:3] + batch["labels"].shape[1:] for batch in batches} == {
       canvas for canvas in config.input.canvases}
-  for decoder in ("greedy", "beam"):
-    decode.decode_batches(family, variables, batches, mesh, decoder=decoder, beam_width=3)
-  assert decode.eval_step._cache_size() == eval_before + 2
-  assert decode.beam_step._cache_size() == beam_before + 2
+  with compilations(caplog) as decoding:
+    for decoder in ("greedy", "beam"):
+      decode.decode_batches(family, variables, batches, mesh, decoder=decoder, beam_width=3)
+  assert not [m for m in decoding if "eval_step" in m or "beam_step" in m]

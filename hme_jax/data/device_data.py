@@ -9,9 +9,12 @@ samples within one group: ``gather`` and ``augment`` run on the device, so the
 host does no per-step image work and sends a few hundred bytes.
 
 Batch order: every epoch shuffles each group's samples and cuts them into full
-batches (a group's remainder waits for another epoch's shuffle), then shuffles
-the epoch's batches. It is a function of ``(seed, epoch)`` alone, so the step
-number is the position in the data: resuming needs no iterator state.
+batches (a group's remainder waits for another epoch's shuffle), cuts each
+group's batches into runs of ``steps_per_dispatch`` (the last one shorter),
+then shuffles the epoch's runs: a run is consecutive steps of one batch shape,
+which one program dispatch can train (``train.steps_per_dispatch``). It is a
+function of ``(seed, epoch, steps_per_dispatch)`` alone, so the step number is
+the position in the data: resuming needs no iterator state.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ class DeviceTrainData:
   batch_size: int
   seed: int
   index_sharding: NamedSharding
-  _plan: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, groups [S], indices [S, B])
+  steps_per_dispatch: int = 1
+  # (epoch, group of each step [S], sample indices [S, B], end of each step's run [S])
+  _plan: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
   @property
   def steps_per_epoch(self) -> int:
@@ -59,25 +64,40 @@ class DeviceTrainData:
   def nbytes(self) -> int:
     return sum(array.nbytes for group in self.groups for array in group.values())
 
-  def epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(group of each step [S], sample indices within it [S, B])`` of epoch ``epoch`` (0-based)."""
+  def epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(group of each step [S], sample indices within it [S, B], end of its run [S])`` of
+    epoch ``epoch`` (0-based); a run is ``steps_per_dispatch`` steps or fewer, in one group,
+    and ends at the step (within the epoch) it gives."""
     rng = np.random.default_rng([self.seed, epoch])
-    groups, indices = [], []
+    runs = []  # (group, indices [R, B]) of each run, R <= steps_per_dispatch
     for group, size in enumerate(self.group_sizes):
       steps = size // self.batch_size
       order = rng.permutation(size)[: steps * self.batch_size]
-      indices.append(order.reshape(steps, self.batch_size))
-      groups.append(np.full(steps, group))
-    shuffle = rng.permutation(self.steps_per_epoch)
-    return np.concatenate(groups)[shuffle], np.concatenate(indices)[shuffle].astype(np.int32)
+      batches = order.reshape(steps, self.batch_size)
+      runs += [(group, batches[start: start + self.steps_per_dispatch])
+               for start in range(0, steps, self.steps_per_dispatch)]
+    shuffled = [runs[i] for i in rng.permutation(len(runs))]
+    lengths = np.array([len(indices) for _, indices in shuffled], dtype=np.int64)
+    groups = np.repeat([group for group, _ in shuffled], lengths)
+    indices = np.concatenate([indices for _, indices in shuffled]).astype(np.int32)
+    return groups, indices, np.repeat(np.cumsum(lengths), lengths)
 
-  def batch_at(self, step: int) -> tuple[int, jax.Array]:
-    """The group and the (device) sample indices ``[B]`` of training step ``step`` (0-based)."""
+  def batches_at(self, step: int, stop: int) -> tuple[int, np.ndarray]:
+    """The group and the sample indices ``[R, B]`` of training steps ``step, ...``: the rest of
+    ``step``'s run, ending before step ``stop`` (0-based, global)."""
     epoch, position = divmod(step, self.steps_per_epoch)
     if self._plan is None or self._plan[0] != epoch:
       self._plan = (epoch, *self.epoch_plan(epoch))
-    _, groups, indices = self._plan
-    return int(groups[position]), jax.device_put(indices[position], self.index_sharding)
+    _, groups, indices, run_ends = self._plan
+    end = min(int(run_ends[position]), stop - epoch * self.steps_per_epoch)
+    if end <= position:
+      raise ValueError(f"No training step between step {step} and step {stop}.")
+    return int(groups[position]), indices[position:end]
+
+  def batch_at(self, step: int) -> tuple[int, jax.Array]:
+    """The group and the (device) sample indices ``[B]`` of training step ``step`` (0-based)."""
+    group, indices = self.batches_at(step, step + 1)
+    return group, jax.device_put(indices[0], self.index_sharding)
 
   def abstract_indices(self) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((self.batch_size,), jnp.int32, sharding=self.index_sharding)
@@ -150,7 +170,9 @@ def build(config: ml_collections.ConfigDict, source, vocab: Vocabulary,
     group_shapes.append((height, width, label_length))
     sizes.append(len(members))
   return DeviceTrainData(groups, group_shapes, sizes, batch_size, config.seed,
-                         NamedSharding(mesh, PartitionSpec("data")))
+                         NamedSharding(mesh, PartitionSpec("data")),
+                         # Absent from configs saved before it existed.
+                         steps_per_dispatch=config.train.get("steps_per_dispatch", 1))
 
 
 # --- inside the jitted step ----------------------------------------------------

@@ -63,7 +63,10 @@ def _recurrent_init(key, shape, dtype=jnp.float32):
   """``[directions, H, 4H]``: an orthogonal ``[H, H]`` block per direction and gate."""
   directions, hidden, _ = shape
   keys = jax.random.split(key, directions * 4)
-  blocks = jax.vmap(lambda k: nn.initializers.orthogonal()(k, (hidden, hidden), dtype))(keys)
+  # One QR at a time, not a batched one: jaxlib runs a batched QR's matrices as tasks on
+  # XLA:CPU's thread pool and waits for them, so two layers' initialisers running at once
+  # on a 2-thread pool wait on each other for ever.
+  blocks = jax.lax.map(lambda k: nn.initializers.orthogonal()(k, (hidden, hidden), dtype), keys)
   return blocks.reshape(directions, 4, hidden, hidden).transpose(0, 2, 1, 3).reshape(shape)
 
 

@@ -31,7 +31,8 @@ CHECKPOINT_DIR = "checkpoints"
 ARCHITECTURE_FIELDS = ("model", "input.height")
 # Config fields that define the order of the training data: the saved iterator
 # position only resumes the same batches in a run that agrees on all of them.
-DATA_ORDER_FIELDS = ("seed", "train.batch_size", "input.sort_window", "dataset.max_train_samples")
+DATA_ORDER_FIELDS = ("seed", "train.batch_size", "input.sort_window", "dataset.max_train_samples",
+                     "train.steps_per_dispatch")
 # Fields added after some work dirs and exported models were saved, with the value
 # that reproduces how those runs behaved (not always today's default): a saved
 # config without one reads this value (``config_from_json``).
@@ -42,6 +43,7 @@ FIELDS_ADDED_LATER = {
     "input.device_resident": False,
     "train.max_seconds": 0.0,
     "train.init_from": "",
+    "train.steps_per_dispatch": 1,
     "train.compilation_cache_dir": "",
     "model.scan_dense_layers": False,
     "model.remat_dense_layers": False,

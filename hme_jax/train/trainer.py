@@ -125,6 +125,26 @@ def device_train_step(family, optimizer, augment_config, fixed_height: int,
   return train_step(family, optimizer, state, batch, base_rng)
 
 
+def device_train_steps(family, optimizer, augment_config, fixed_height: int,
+                       ctc_width_downsample: int | None, state: TrainState,
+                       inputs: tuple[dict, jax.Array, jax.Array], base_rng: jax.Array):
+  """``device_train_step`` on the first ``count`` rows of ``inputs = (group, indices [K, B],
+  count [])``, one after the other in one program: a loop on the device instead of a
+  dispatch per step. Returns ``(state, metric sums over those steps)``."""
+  group, indices, count = inputs
+  step = functools.partial(device_train_step, family, optimizer, augment_config, fixed_height,
+                           ctc_width_downsample)
+
+  def body(row, carry):
+    state, sums = carry
+    state, metric_sums = step(state, (group, indices[row]), base_rng)
+    return state, jax.tree.map(jnp.add, sums, metric_sums)
+
+  sums_spec = jax.eval_shape(lambda: step(state, (group, indices[0]), base_rng)[1])
+  zeros = jax.tree.map(lambda spec: jnp.zeros(spec.shape, spec.dtype), sums_spec)
+  return jax.lax.fori_loop(0, count, body, (state, zeros))
+
+
 def make_initializer(family, config: ml_collections.ConfigDict, steps_per_epoch: int,
                      batch: dict, sharding=None):
   """``(init, optimizer, plateau)``; ``init(rng, inputs) -> TrainState`` is jitted onto ``sharding``.
@@ -318,13 +338,17 @@ class TrainFeed:
   step; its iterator state is checkpointed. Device feed
   (``config.input.device_resident``): the split lives on the devices
   (``device_data``); a step gets a group and ``[B]`` indices, and the step
-  number is the data position.
+  number is the data position. With ``config.train.steps_per_dispatch`` K > 1
+  a dispatch gets ``[K, B]`` indices and the number of them to train on: the
+  rest of a run of the epoch plan, up to the loop's next stop.
   """
 
   def __init__(self, config, train_source, vocab, mesh):
     self.config, self.mesh = config, mesh
     self.batch_size = config.train.batch_size
-    self.device_resident = bool(config.input.get("device_resident", False))  # absent before it
+    # Both absent from configs saved before they existed.
+    self.device_resident = bool(config.input.get("device_resident", False))
+    self.steps_per_dispatch = int(config.train.get("steps_per_dispatch", 1))
     if self.device_resident:
       self.data = device_data.build(config, train_source, vocab, mesh)
       self.steps_per_epoch = self.data.steps_per_epoch
@@ -352,13 +376,16 @@ class TrainFeed:
     """The jitted step (the state is donated); its arguments after the state: ``inputs, rng``."""
     if self.device_resident:
       step = functools.partial(
-          device_train_step, family, optimizer, self.config.augment, self.config.input.height,
+          device_train_steps if self.steps_per_dispatch > 1 else device_train_step,
+          family, optimizer, self.config.augment, self.config.input.height,
           input_pipeline.ctc_width_downsample(self.config))
     else:
       step = functools.partial(train_step, family, optimizer)
     return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
 
   def abstract_inputs(self, index: int):
+    if self.device_resident and self.steps_per_dispatch > 1:
+      return (_abstract(self.data.groups[index]), self._run_indices_spec(), self._count_spec())
     if self.device_resident:
       return (_abstract(self.data.groups[index]), self.data.abstract_indices())
     sharding = NamedSharding(self.mesh, PartitionSpec("data"))
@@ -366,16 +393,33 @@ class TrainFeed:
     return {key: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
             for key, v in spec.items()}
 
-  def next(self, step: int):
-    """``(key, inputs, seconds waited for the input pipeline)`` of training step ``step``."""
+  def _run_indices_spec(self) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((self.steps_per_dispatch, self.batch_size), jnp.int32,
+                                sharding=NamedSharding(self.mesh, PartitionSpec(None, "data")))
+
+  def _count_spec(self) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(self.mesh, PartitionSpec()))
+
+  def next(self, step: int, stop: int):
+    """``(key, inputs, steps, seconds waited for the input pipeline)`` of the next dispatch: training
+    step ``step`` and, with ``steps_per_dispatch > 1``, those after it in its run, before ``stop``."""
+    if self.device_resident and self.steps_per_dispatch > 1:
+      group, indices = self.data.batches_at(step, stop)
+      steps = len(indices)
+      # Rows past ``steps`` are never trained on; repeating the last keeps them valid indices.
+      padded = np.concatenate([indices, np.repeat(indices[-1:], self.steps_per_dispatch - steps, 0)])
+      inputs = (self.data.groups[group],
+                jax.device_put(padded, self._run_indices_spec().sharding),
+                jax.device_put(np.int32(steps), self._count_spec().sharding))
+      return self.keys()[group], inputs, steps, 0.0
     if self.device_resident:
       group, indices = self.data.batch_at(step)
-      return self.keys()[group], (self.data.groups[group], indices), 0.0
+      return self.keys()[group], (self.data.groups[group], indices), 1, 0.0
     wait_start = time.time()
     batch = next(self.iterator)
     waited = time.time() - wait_start
     inputs = sharding_lib.shard_batch(batch, self.mesh)  # global shapes, agreed by the processes
-    return batch_key(inputs["images"].shape, inputs["labels"].shape), inputs, waited
+    return batch_key(inputs["images"].shape, inputs["labels"].shape), inputs, 1, waited
 
   def get_state(self) -> dict:
     if self.device_resident:
@@ -405,32 +449,52 @@ def compile_programs(step_fn, abstract_state, feed: TrainFeed, rng, pool) -> dic
 
 
 def warm_up_evaluation(family, abstract_variables, config, mesh, beam: bool) -> None:
-  """Runs the validation step (and the beam search, if ``beam``) once on each eval canvas.
+  """Compiles the validation step (and the beam search, if ``beam``) for each eval canvas.
 
   Meant for a background thread while training runs: the programs are then in
-  this process's jit cache and JAX's persistent cache (for ``evaluate``). With
-  bucket widths instead of canvases only the beam search is warmed, once per
-  width: a validation batch's label length follows its captions.
+  this process's jit cache (for replicated variables on ``mesh``, as the
+  trainer's) and JAX's persistent cache (for ``evaluate``). Compiled ahead, not
+  run: running them on zeros filled the same caches but took the cores from
+  the first training steps. With bucket widths instead of canvases only the
+  beam search is compiled, once per width: a validation batch's label length
+  follows its captions.
   """
   batch_shapes = input_pipeline.BatchShapes.from_config(config.input)
   shapes = batch_shapes.canvases or (
       tuple((config.input.height, width, 1) for width in batch_shapes.bucket_widths)
       if beam and config.input.height else ())
-  if not shapes or jax.process_count() > 1:  # processes must run their programs in one order
+  if not shapes or jax.process_count() > 1:  # processes must compile their programs in one order
     return
   batch_size = decode.eval_batch_size(config.eval.batch_size)
-  variables = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype, device=x.sharding),
-                           abstract_variables)
+  variables = _abstract(abstract_variables, NamedSharding(mesh, PartitionSpec()))
+  batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
   for shape in shapes:
-    spec = input_pipeline.batch_spec(batch_size, shape)
-    batch = sharding_lib.shard_batch({k: np.zeros(v.shape, v.dtype) for k, v in spec.items()}, mesh)
+    batch = {key: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+             for key, v in input_pipeline.batch_spec(batch_size, shape).items()
+             if key not in sharding_lib.HOST_ONLY_KEYS}
     if batch_shapes.canvases:
-      jax.block_until_ready(decode.eval_step(family, variables, batch))
+      decode.eval_step.lower(family, variables, batch).compile()
     if beam:
       images = {key: batch[key] for key in decode.IMAGE_KEYS}
-      jax.block_until_ready(decode.beam_step(
-          family, variables, images, config.eval.beam_width, config.eval.max_length,
-          config.eval.well_formed))
+      decode.beam_step.lower(family, variables, images, config.eval.beam_width,
+                             config.eval.max_length, config.eval.well_formed).compile()
+
+
+def check_steps_per_dispatch(steps_per_dispatch: int, device_resident: bool) -> None:
+  """A clear error for a value the feed cannot honour."""
+  if steps_per_dispatch < 1:
+    raise ValueError(f"config.train.steps_per_dispatch={steps_per_dispatch}: use 1 or more.")
+  if steps_per_dispatch > 1 and not device_resident:
+    raise ValueError(
+        f"config.train.steps_per_dispatch={steps_per_dispatch} runs several steps on data "
+        "already on the device: it needs --config.input.device_resident=True (the host "
+        "pipeline feeds one batch per dispatch), or set it to 1.")
+
+
+def next_stop(step: int, total_steps: int, *periods: int) -> int:
+  """The first step after ``step`` at which the loop must look (a multiple of one of
+  ``periods``, those > 0, or ``total_steps``): no dispatch runs past it."""
+  return min([total_steps] + [(step // period + 1) * period for period in periods if period > 0])
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -454,6 +518,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         num_processes=config.num_processes or None,
         process_id=config.process_id if config.process_id >= 0 else None)
   check_batch_size(config.train.batch_size)
+  check_steps_per_dispatch(config.train.steps_per_dispatch, config.input.device_resident)
   # Absent from configs saved before it existed.
   sharding_lib.use_compilation_cache(config.train.get("compilation_cache_dir", ""))
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -554,17 +619,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   terminated = False
   try:
     while step < total_steps:
-      key, inputs, waited = feed.next(step)
+      stop = next_stop(step, total_steps, steps_per_epoch, config.train.log_every_steps,
+                       config.train.checkpoint_every_steps)
+      key, inputs, steps, waited = feed.next(step, stop)
       epoch_input_wait += waited
       compiles = key not in programs
       if compiles:  # a shape not known ahead (e.g. an over-long label): compiled now, once
         programs[key] = step_fn.lower(state, inputs, step_rng).compile()
-      throughput.add(key, config.train.batch_size, compiles)
+      throughput.add(key, steps * config.train.batch_size, compiles)
       state, metric_sums = programs[key](state, inputs, step_rng)
       epoch_sums = jax.tree.map(jnp.add, epoch_sums, metric_sums) if epoch_sums else metric_sums
-      epoch_images += config.train.batch_size
-      step += 1
-      progress.update(1)
+      epoch_images += steps * config.train.batch_size
+      step += steps
+      progress.update(steps)
       if "seconds_to_first_step" not in startup:
         jax.block_until_ready(metric_sums)
         startup["seconds_to_first_step"] = time.time() - process_start
