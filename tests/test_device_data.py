@@ -68,7 +68,8 @@ def test_epoch_plans_are_full_batches_of_one_group_fixed_by_seed_and_epoch(synth
   again = data.epoch_plan(0)
   np.testing.assert_array_equal(again[1], indices)
   assert not np.array_equal(data.epoch_plan(1)[1], indices)
-  group, device_indices = data.batch_at(data.steps_per_epoch + 2)
+  group, device_indices, steps = data.dispatch_at(data.steps_per_epoch + 2, 10**6)
+  assert steps == 1
   assert group == data.epoch_plan(1)[0][2]
   np.testing.assert_array_equal(np.asarray(device_indices), data.epoch_plan(1)[1][2])
 

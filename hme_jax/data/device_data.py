@@ -94,13 +94,24 @@ class DeviceTrainData:
       raise ValueError(f"No training step between step {step} and step {stop}.")
     return int(groups[position]), indices[position:end]
 
-  def batch_at(self, step: int) -> tuple[int, jax.Array]:
-    """The group and the (device) sample indices ``[B]`` of training step ``step`` (0-based)."""
-    group, indices = self.batches_at(step, step + 1)
-    return group, jax.device_put(indices[0], self.index_sharding)
+  def dispatch_at(self, step: int, stop: int) -> tuple[int, jax.Array, int]:
+    """``(group, device sample indices, steps)`` of the dispatch that starts at step ``step``
+    and ends before ``stop``: indices ``[B]`` with one step per dispatch, else ``[K, B]``
+    (rows past ``steps`` repeat the last: valid indices, never trained on)."""
+    group, indices = self.batches_at(step, stop)
+    steps = len(indices)
+    if self.steps_per_dispatch == 1:
+      return group, jax.device_put(indices[0], self.index_sharding), 1
+    padded = np.concatenate([indices, np.repeat(indices[-1:], self.steps_per_dispatch - steps, 0)])
+    return group, jax.device_put(padded, self.abstract_indices().sharding), steps
 
   def abstract_indices(self) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((self.batch_size,), jnp.int32, sharding=self.index_sharding)
+    """What ``dispatch_at`` gives as indices: ``[B]``, or ``[K, B]`` with K steps per dispatch."""
+    if self.steps_per_dispatch == 1:
+      return jax.ShapeDtypeStruct((self.batch_size,), jnp.int32, sharding=self.index_sharding)
+    return jax.ShapeDtypeStruct(
+        (self.steps_per_dispatch, self.batch_size), jnp.int32,
+        sharding=NamedSharding(self.index_sharding.mesh, PartitionSpec(None, "data")))
 
 
 def _fitted_examples(config, examples: grain.MapDataset) -> list[dict]:

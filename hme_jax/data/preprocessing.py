@@ -457,7 +457,6 @@ def training_scale(ink: np.ndarray, statistics: InkStatistics) -> tuple[np.ndarr
   return crop_to_ink(paper.restroke(_resize_by(ink, factor), median_width)), 1.0
 
 
-
 def _normalised(gray: np.ndarray, statistics: InkStatistics | None) -> tuple[np.ndarray, float]:
   """``normalise``'s ink before its last rescaling, and the factor of that rescaling."""
   if max(gray.shape) > MAX_SIDE:

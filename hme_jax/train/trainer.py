@@ -346,11 +346,11 @@ class TrainFeed:
   def __init__(self, config, train_source, vocab, mesh):
     self.config, self.mesh = config, mesh
     self.batch_size = config.train.batch_size
-    # Both absent from configs saved before they existed.
-    self.device_resident = bool(config.input.get("device_resident", False))
-    self.steps_per_dispatch = int(config.train.get("steps_per_dispatch", 1))
+    self.device_resident = bool(config.input.get("device_resident", False))  # absent before it
+    self.steps_per_dispatch = 1
     if self.device_resident:
       self.data = device_data.build(config, train_source, vocab, mesh)
+      self.steps_per_dispatch = self.data.steps_per_dispatch
       self.steps_per_epoch = self.data.steps_per_epoch
       self.shapes = list(self.data.shapes)
     else:
@@ -384,18 +384,13 @@ class TrainFeed:
     return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
 
   def abstract_inputs(self, index: int):
-    if self.device_resident and self.steps_per_dispatch > 1:
-      return (_abstract(self.data.groups[index]), self._run_indices_spec(), self._count_spec())
     if self.device_resident:
-      return (_abstract(self.data.groups[index]), self.data.abstract_indices())
+      inputs = (_abstract(self.data.groups[index]), self.data.abstract_indices())
+      return inputs + (self._count_spec(),) if self.steps_per_dispatch > 1 else inputs
     sharding = NamedSharding(self.mesh, PartitionSpec("data"))
     spec = input_pipeline.batch_spec(self.batch_size, self.shapes[index])
     return {key: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
             for key, v in spec.items()}
-
-  def _run_indices_spec(self) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((self.steps_per_dispatch, self.batch_size), jnp.int32,
-                                sharding=NamedSharding(self.mesh, PartitionSpec(None, "data")))
 
   def _count_spec(self) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(self.mesh, PartitionSpec()))
@@ -403,18 +398,12 @@ class TrainFeed:
   def next(self, step: int, stop: int):
     """``(key, inputs, steps, seconds waited for the input pipeline)`` of the next dispatch: training
     step ``step`` and, with ``steps_per_dispatch > 1``, those after it in its run, before ``stop``."""
-    if self.device_resident and self.steps_per_dispatch > 1:
-      group, indices = self.data.batches_at(step, stop)
-      steps = len(indices)
-      # Rows past ``steps`` are never trained on; repeating the last keeps them valid indices.
-      padded = np.concatenate([indices, np.repeat(indices[-1:], self.steps_per_dispatch - steps, 0)])
-      inputs = (self.data.groups[group],
-                jax.device_put(padded, self._run_indices_spec().sharding),
-                jax.device_put(np.int32(steps), self._count_spec().sharding))
-      return self.keys()[group], inputs, steps, 0.0
     if self.device_resident:
-      group, indices = self.data.batch_at(step)
-      return self.keys()[group], (self.data.groups[group], indices), 1, 0.0
+      group, indices, steps = self.data.dispatch_at(step, stop)
+      inputs = (self.data.groups[group], indices)
+      if self.steps_per_dispatch > 1:
+        inputs += (jax.device_put(np.int32(steps), self._count_spec().sharding),)
+      return self.keys()[group], inputs, steps, 0.0
     wait_start = time.time()
     batch = next(self.iterator)
     waited = time.time() - wait_start
