@@ -38,7 +38,8 @@ epochs (what the rest of the session held) instead of 28. Each
 ``epochs_in_budget`` is what the run gets at the candidate's measured rate.
 Redone with the sound elastic augmentation and the device-resident feed
 (2026-12-07): still no expression read after 15 minutes; ``crnn_fast`` TER
-0.943 at 31.9 img/s, ``attention`` 2.50 (it writes past the end) at 9.4.
+0.943 at 31.9 img/s, ``crnn_small`` 0.949 at 15.0, ``attention`` 2.50 (it writes
+past the end) at 9.4.
 """
 
 import ml_collections
