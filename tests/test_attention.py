@@ -102,7 +102,7 @@ def test_scanned_dense_layers_compute_the_published_densenet(train):
   images = jnp.asarray(_random_images(rng, 2, 37, 70))
   mask = attention.pixel_mask(images.shape, jnp.array([70, 41]), jnp.array([37, 30]))
   scanned_model = densenet.DenseNet(scan_layers=True, **kwargs)
-  variables = scanned_model.init(jax.random.PRNGKey(0), images, mask)
+  variables = jax.jit(scanned_model.init)(jax.random.PRNGKey(0), images, mask)
   # Non-trivial BatchNorm statistics and scales, so that every parameter matters.
   variables = jax.tree.map(lambda leaf: leaf * jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape),
                                                            leaf.dtype), variables)
@@ -111,8 +111,9 @@ def test_scanned_dense_layers_compute_the_published_densenet(train):
               for collection, tree in variables.items()}
   unrolled_model = densenet.DenseNet(scan_layers=False, **kwargs)
   assert jax.tree.structure(unrolled) == jax.tree.structure(
-      unrolled_model.init(jax.random.PRNGKey(0), images, mask))
+      jax.eval_shape(unrolled_model.init, jax.random.PRNGKey(0), images, mask))
 
+  @functools.partial(jax.jit, static_argnums=0)
   def run(model, model_variables):
     if train:
       (features, _), updates = model.apply(model_variables, images, mask, train=True,

@@ -96,7 +96,7 @@ def test_crnn_gradient_same_with_switch_on_and_off(backbone):
   images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 16, 48, 1)), jnp.float32)
   widths = jnp.array([48, 30])
   reference = create_crnn(config, 7)
-  variables = reference.init(jax.random.PRNGKey(0), images, widths)
+  variables = jax.jit(reference.init)(jax.random.PRNGKey(0), images, widths)
   expected = _model_gradients(reference, variables, (images, widths))
   config.conv_gradient = "matmul"
   got = _model_gradients(create_crnn(config, 7), variables, (images, widths))
@@ -110,7 +110,7 @@ def test_densenet_gradient_same_with_switch_on_and_off():
   mask = jnp.ones((2, 32, 40), bool).at[1, :, 24:].set(False)
   make = lambda gradient: densenet.DenseNet(growth_rate=4, num_layers=2, num_blocks=2,  # noqa: E731
                                             dropout_rate=0.0, conv_gradient=gradient)
-  variables = make("xla").init(jax.random.PRNGKey(0), images, mask)
+  variables = jax.jit(make("xla").init)(jax.random.PRNGKey(0), images, mask)
   expected = _model_gradients(make("xla"), variables, (images, mask))
   got = _model_gradients(make("matmul"), variables, (images, mask))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4,

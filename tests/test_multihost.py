@@ -31,7 +31,6 @@ BATCH_SIZE = 16  # global: 8 per process
 
 def run_process(data_dir: str, workdir: str, output: str, port: int, process_id: int) -> None:
   """Trains ``STEPS`` steps as process ``process_id``; writes what it read and its parameters."""
-  sys.path.insert(0, str(REPO_ROOT))  # for configs/, when run as a script
   read_ids: list[str] = []
 
   class RecordingIterator:
@@ -95,7 +94,9 @@ def free_port() -> int:
 def test_two_processes_read_their_shards_and_end_with_identical_parameters(
     tmp_path, synthetic_data_dir):
   port = free_port()
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+  # The processes run this file, whose folder is tests/: the root on the path finds hme_jax
+  # (installed or not) and configs/.
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO_ROOT),
          "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   outputs = [str(tmp_path / f"process{i}") for i in range(NUM_PROCESSES)]
   processes = [subprocess.Popen(

@@ -36,9 +36,10 @@ def test_loss_and_gradients_stay_finite_with_infeasible_samples():
       "sample_mask": np.array([1, 1, 1, 0], np.float32),      # row 3: filler
   }
   batch["labels"][:, :30] = np.arange(1, 31) % 8 + 1
-  variables = family.init(jax.random.PRNGKey(0), batch)
+  variables = dict(jax.jit(family.init)(jax.random.PRNGKey(0), batch))
   params = variables.pop("params")
-  (loss, (sums, _)), grads = jax.value_and_grad(family.loss, has_aux=True)(
+  (loss, (sums, _)), grads = jax.jit(jax.value_and_grad(family.loss, has_aux=True),
+                                     static_argnums=4)(
       params, variables, batch, jax.random.PRNGKey(1), True)
   assert np.isfinite(float(loss))
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
@@ -165,9 +166,11 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, synthetic_data_d
   config_path = write_config(tmp_path / "config.py", synthetic_data_dir, family,
                              **{"train.num_epochs": 2})
   straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-  subprocess.run(train_command(config_path, straight), cwd=REPO_ROOT, check=True,
-                 capture_output=True, timeout=600)
-
+  # The uninterrupted run goes on beside the one that is killed: two processes, two cores.
+  unbroken_log = tmp_path / "straight.log"
+  with unbroken_log.open("w") as log:  # a file, not a pipe that nobody reads until the end
+    unbroken = subprocess.Popen(train_command(config_path, straight), cwd=REPO_ROOT,
+                                stdout=subprocess.DEVNULL, stderr=log)
   process = subprocess.Popen(train_command(config_path, interrupted), cwd=REPO_ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
@@ -175,6 +178,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, synthetic_data_d
     time.sleep(0.05)
   process.send_signal(signal.SIGKILL)
   process.wait()
+  assert unbroken.wait(timeout=600) == 0, unbroken_log.read_text()[-4000:]
   steps_at_kill = saved_steps(interrupted)
   assert steps_at_kill and max(steps_at_kill) < max(saved_steps(straight)), \
       "the run finished before it could be killed"
